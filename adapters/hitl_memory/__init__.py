@@ -1,0 +1,264 @@
+"""The in-memory store behind `memory://`: plain dicts under one lock, with an undo log
+so a transaction that raises leaves everything as it was. Thread-safe, not durable."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from hitl_core import ConflictError, ValidationError
+from hitl_core._policy import is_pattern
+from hitl_core._records import Event, PermissionPolicy, PermissionRequest, Run, Task
+from hitl_core._store import Store, Transaction
+
+__all__ = ["MemoryStore", "open_store"]
+
+
+def open_store(url: str) -> MemoryStore:
+    """Entry point for `memory://`: a fresh, empty store on every call."""
+    if url.rstrip("/") != "memory:":
+        raise ValidationError("invalid_url", f"a memory store URL is 'memory://'; got {url!r}")
+    return MemoryStore()
+
+
+def _page(
+    ids: Sequence[str], starting_after: str | None, limit: int
+) -> tuple[list[str], bool] | None:
+    start = 0
+    if starting_after is not None:
+        try:
+            start = ids.index(starting_after) + 1
+        except ValueError:
+            return None
+    chosen = list(ids[start : start + limit])
+    return chosen, start + limit < len(ids)
+
+
+class MemoryStore(Store, Transaction):
+    """Everything in process memory. The store is its own transaction object: a
+    transaction holds the lock, and writes log their inverse for rollback."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._undo: list[Callable[[], None]] | None = None
+        self._runs: dict[str, Run] = {}
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._tiebreak = itertools.count()
+        self._requests: dict[str, PermissionRequest] = {}
+        self._run_requests: dict[str, list[str]] = {}
+        self._pending: dict[str, None] = {}
+        self._policies: dict[str, PermissionPolicy] = {}
+        self._scope_tools: dict[tuple[str | None, str], str] = {}
+        self._scope_policies: dict[str | None, dict[str, None]] = {}
+        self._scope_patterns: dict[str | None, dict[str, None]] = {}
+        self._tasks: dict[str, Task] = {}
+        self._events: list[Event] = []
+        self._event_index: dict[str, int] = {}
+        self._run_events: dict[str, list[int]] = {}
+
+    # -- Store -------------------------------------------------------------------
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[Transaction]:
+        """Hold the lock for the block; undo every write if the block raises."""
+        with self._lock:
+            outer = self._undo
+            self._undo = []
+            try:
+                yield self
+            except BaseException:
+                for undo in reversed(self._undo):
+                    undo()
+                raise
+            finally:
+                self._undo = outer
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def _log(self, undo: Callable[[], None]) -> None:
+        assert self._undo is not None, "write outside a transaction"
+        self._undo.append(undo)
+
+    # -- runs --------------------------------------------------------------------
+    def get_run(self, run_id: str) -> Run | None:
+        return self._runs.get(run_id)
+
+    def list_runs(
+        self, *, user_id: str | None, status: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[Run], bool] | None:
+        if starting_after is not None and starting_after not in self._runs:
+            return None
+        runs = list(self._runs.values())
+        if starting_after is not None:
+            runs = runs[[run.id for run in runs].index(starting_after) + 1 :]
+        chosen = [
+            run
+            for run in runs
+            if (user_id is None or run.user_id == user_id)
+            and (status is None or run.status == status)
+        ]
+        return chosen[:limit], len(chosen) > limit
+
+    def due_runs(self, now: float, limit: int) -> list[Run]:
+        heap = self._deadlines
+        while heap and self._runs[heap[0][2]].deadline != heap[0][0]:
+            heapq.heappop(heap)  # stale entry: that deadline was moved or cleared
+        if not heap or heap[0][0] > now:
+            return []
+        due = {
+            run_id: self._runs[run_id]
+            for deadline, _, run_id in sorted(heap)
+            if deadline <= now and self._runs[run_id].deadline == deadline
+        }
+        return list(due.values())[:limit]
+
+    def insert_run(self, run: Run) -> None:
+        self._runs[run.id] = run
+        self._run_requests[run.id] = []
+
+        def undo() -> None:
+            del self._runs[run.id]
+            del self._run_requests[run.id]
+
+        self._log(undo)
+        self._watch_deadline(run)
+
+    def update_run(self, run: Run) -> None:
+        old = self._runs.get(run.id)
+        if old is None or old.version != run.version - 1:
+            raise ConflictError("concurrent_update", f"run {run.id} was changed concurrently")
+        self._runs[run.id] = run
+        self._log(lambda: self._runs.__setitem__(run.id, old))
+        if run.deadline != old.deadline:
+            self._watch_deadline(run)
+
+    def _watch_deadline(self, run: Run) -> None:
+        if run.deadline is not None:
+            heapq.heappush(self._deadlines, (run.deadline, next(self._tiebreak), run.id))
+
+    # -- requests ----------------------------------------------------------------
+    def get_request(self, request_id: str) -> PermissionRequest | None:
+        return self._requests.get(request_id)
+
+    def list_requests(self, run_id: str, *, pending_only: bool = False) -> list[PermissionRequest]:
+        requests = [self._requests[rid] for rid in self._run_requests.get(run_id, ())]
+        if pending_only:
+            return [request for request in requests if request.is_pending]
+        return requests
+
+    def pending_requests(self, limit: int) -> list[PermissionRequest]:
+        return [self._requests[rid] for rid in itertools.islice(self._pending, limit)]
+
+    def save_requests(self, requests: Sequence[PermissionRequest]) -> None:
+        for request in requests:
+            self._save_request(request)
+
+    def _save_request(self, request: PermissionRequest) -> None:
+        rid = request.request_id
+        old = self._requests.get(rid)
+        self._requests[rid] = request
+        if old is None:
+            self._run_requests[request.run_id].append(rid)
+        if request.is_pending:
+            self._pending[rid] = None
+        else:
+            self._pending.pop(rid, None)
+
+        def undo() -> None:
+            if old is None:
+                del self._requests[rid]
+                self._run_requests[request.run_id].remove(rid)
+                self._pending.pop(rid, None)
+            else:
+                self._requests[rid] = old
+                if old.is_pending:
+                    self._pending[rid] = None  # order among pending may shift; harmless
+
+        self._log(undo)
+
+    # -- policies ----------------------------------------------------------------
+    def find_policy(self, user_id: str | None, tool: str) -> PermissionPolicy | None:
+        policy_id = self._scope_tools.get((user_id, tool))
+        return None if policy_id is None else self._policies[policy_id]
+
+    def get_policy(self, policy_id: str) -> PermissionPolicy | None:
+        return self._policies.get(policy_id)
+
+    def candidate_policies(self, user_id: str | None, tool_name: str) -> Iterator[PermissionPolicy]:
+        exact = self.find_policy(user_id, tool_name)
+        if exact is not None:
+            yield exact
+        for policy_id in list(self._scope_patterns.get(user_id, ())):
+            yield self._policies[policy_id]
+
+    def list_policies(
+        self, user_id: str | None, *, limit: int, starting_after: str | None
+    ) -> tuple[list[PermissionPolicy], bool] | None:
+        found = _page(list(self._scope_policies.get(user_id, ())), starting_after, limit)
+        if found is None:
+            return None
+        ids, more = found
+        return [self._policies[policy_id] for policy_id in ids], more
+
+    def insert_policy(self, policy: PermissionPolicy) -> None:
+        self._index_policy(policy)
+        self._log(lambda: self._unindex_policy(policy))
+
+    def delete_policy(self, policy_id: str) -> None:
+        policy = self._policies[policy_id]
+        self._unindex_policy(policy)
+        self._log(lambda: self._index_policy(policy))
+
+    def _index_policy(self, policy: PermissionPolicy) -> None:
+        self._policies[policy.id] = policy
+        self._scope_tools[(policy.user_id, policy.tool_name)] = policy.id
+        self._scope_policies.setdefault(policy.user_id, {})[policy.id] = None
+        if is_pattern(policy.tool_name):
+            self._scope_patterns.setdefault(policy.user_id, {})[policy.id] = None
+
+    def _unindex_policy(self, policy: PermissionPolicy) -> None:
+        del self._policies[policy.id]
+        del self._scope_tools[(policy.user_id, policy.tool_name)]
+        del self._scope_policies[policy.user_id][policy.id]
+        self._scope_patterns.get(policy.user_id, {}).pop(policy.id, None)
+
+    # -- tasks -------------------------------------------------------------------
+    def get_task(self, task_id: str) -> Task | None:
+        return self._tasks.get(task_id)
+
+    def insert_task(self, task: Task) -> None:
+        self._tasks[task.id] = task
+        self._log(lambda: self._tasks.__delitem__(task.id))
+
+    # -- events ------------------------------------------------------------------
+    def append_events(self, events: Sequence[Event]) -> None:
+        for event in events:
+            position = len(self._events)
+            self._events.append(event)
+            self._event_index[event.id] = position
+            self._run_events.setdefault(event.run_id, []).append(position)
+        if events:
+            self._log(lambda: self._drop_events(len(events)))
+
+    def _drop_events(self, count: int) -> None:
+        for _ in range(count):
+            event = self._events.pop()
+            del self._event_index[event.id]
+            self._run_events[event.run_id].pop()
+
+    def list_events(
+        self, *, after: str | None, run_id: str | None, limit: int
+    ) -> list[Event] | None:
+        start = 0
+        if after is not None:
+            if after not in self._event_index:
+                return None
+            start = self._event_index[after] + 1
+        if run_id is None:
+            return self._events[start : start + limit]
+        positions = self._run_events.get(run_id, [])
+        first = next((i for i, pos in enumerate(positions) if pos >= start), len(positions))
+        return [self._events[pos] for pos in positions[first : first + limit]]

@@ -1,0 +1,53 @@
+"""hitl-core: human-in-the-loop control of AI-agent runs as an embeddable, framework-free
+library. `connect(url)` gives the engine; everything else here is its vocabulary."""
+
+from ._clock import Clock, ManualClock, SystemClock
+from ._engine import Agent, Events, Hitl, Permissions, Runs, Tasks, connect
+from ._errors import ConflictError, HitlError, NotFoundError, StoreError, ValidationError
+from ._records import (
+    AnswerResult,
+    ApproveResult,
+    Event,
+    Page,
+    PermissionPolicy,
+    PermissionRequest,
+    RequestStatus,
+    Run,
+    RunStatus,
+    Task,
+    ToolGate,
+)
+from ._store import Store, Transaction
+
+__all__ = [
+    "Agent",
+    "AnswerResult",
+    "ApproveResult",
+    "Clock",
+    "ConflictError",
+    "Event",
+    "Events",
+    "Hitl",
+    "HitlError",
+    "ManualClock",
+    "NotFoundError",
+    "Page",
+    "PermissionPolicy",
+    "PermissionRequest",
+    "Permissions",
+    "RequestStatus",
+    "Run",
+    "RunStatus",
+    "Runs",
+    "Store",
+    "StoreError",
+    "SystemClock",
+    "Task",
+    "Tasks",
+    "ToolGate",
+    "Transaction",
+    "ValidationError",
+    "connect",
+]
+
+__version__ = "0.1.0"

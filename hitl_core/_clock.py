@@ -1,0 +1,61 @@
+"""Clocks: the one place time enters hitl-core. The engine reads its clock once per call
+and passes the reading down as a plain number."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Protocol
+
+from ._errors import ValidationError
+
+__all__ = ["Clock", "ManualClock", "SystemClock"]
+
+
+class Clock(Protocol):
+    """Anything with a `now()` that returns seconds as a float."""
+
+    def now(self) -> float:
+        """The current time in seconds."""
+        ...
+
+
+class SystemClock:
+    """Wall-clock time (`time.time()`), the default."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        return time.time()
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+class ManualClock:
+    """A clock that moves only when told to: for tests and simulations."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = _seconds(start, "start")
+
+    def now(self) -> float:
+        """The clock's current reading."""
+        return self._now
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock forward by `seconds` (>= 0) and return the new reading."""
+        step = _seconds(seconds, "seconds")
+        if step < 0:
+            raise ValidationError("invalid_request", "a clock cannot go backwards")
+        self._now += step
+        return self._now
+
+    def __repr__(self) -> str:
+        return f"ManualClock(now={self._now!r})"
+
+
+def _seconds(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError("invalid_request", f"{name} must be a number of seconds")
+    if not math.isfinite(value):
+        raise ValidationError("invalid_request", f"{name} must be finite")
+    return float(value)

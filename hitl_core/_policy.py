@@ -1,0 +1,31 @@
+"""The pre-approval matcher: does a stored policy's tool name or shell-style pattern
+cover a concrete tool name (case-sensitive, whole name)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from fnmatch import translate
+
+__all__ = ["is_pattern", "matches"]
+
+_WILDCARDS = frozenset("*?[")
+
+
+def is_pattern(tool: str) -> bool:
+    """True when `tool` holds a shell-style wildcard (`*`, `?` or `[`)."""
+    return not _WILDCARDS.isdisjoint(tool)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(translate(pattern))
+
+
+def matches(tool: str, name: str) -> bool:
+    """True when the policy `tool` (a name or a pattern) covers the tool `name`."""
+    if tool == name:
+        return True
+    if not is_pattern(tool):
+        return False
+    return _compiled(tool).match(name) is not None

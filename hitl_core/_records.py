@@ -1,0 +1,279 @@
+"""The immutable records hitl-core stores and hands out: runs, requests, policies, tasks,
+events, and the small result values of the public calls.
+
+Every dict a record holds is copied in and copied out, so changing a dict passed in or
+handed out never changes what is stored."""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from ._errors import ValidationError
+
+__all__ = [
+    "AnswerResult",
+    "ApproveResult",
+    "Event",
+    "Page",
+    "PermissionPolicy",
+    "PermissionRequest",
+    "RequestStatus",
+    "Run",
+    "RunStatus",
+    "Task",
+    "ToolGate",
+    "json_copy",
+]
+
+PLAN_HEADER = "Plan Approval"
+QUESTION_TOOL = "AskUserQuestion"
+
+
+class RunStatus(enum.StrEnum):
+    """The status of a run; the last three are terminal."""
+
+    RUNNING = "running"
+    AWAITING_APPROVAL = "awaiting_approval"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for completed, failed and cancelled."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class RequestStatus(enum.StrEnum):
+    """The status of a request (gate)."""
+
+    PENDING = "pending"
+    ANSWERED = "answered"
+    ALLOWED = "allowed"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+
+
+def json_copy(value: Any, code: str = "invalid_request", what: str = "value") -> Any:
+    """Return a deep copy of a JSON-like value, or raise ValidationError(code).
+
+    Accepts dicts with string keys, lists and tuples (copied as lists), strings, ints,
+    finite floats, bools and None."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(code, f"{what} holds a non-finite number")
+        return value
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(code, f"{what} has a non-string key {key!r}")
+            out[key] = json_copy(item, code, what)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [json_copy(item, code, what) for item in value]
+    raise ValidationError(code, f"{what} holds a {type(value).__name__}, not JSON data")
+
+
+def _copy_dict(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else json_copy(value)
+
+
+def _copy_dict_required(value: dict[str, Any]) -> dict[str, Any]:
+    copied: dict[str, Any] = json_copy(value)
+    return copied
+
+
+@attrs.frozen(kw_only=True)
+class Run:
+    """One execution of an agent, as stored."""
+
+    id: str
+    status: RunStatus = attrs.field(converter=RunStatus)
+    human_in_the_loop: bool
+    permission_mode: str
+    user_id: str | None
+    task_id: str | None
+    _metadata: dict[str, Any] | None = attrs.field(converter=_copy_dict, eq=True)
+    input_timeout: float
+    suspended: bool = False
+    created_at: float
+    updated_at: float
+    plan_approved: bool = False
+    plan_revisions: int = 0
+    remembered_allow: frozenset[str] = frozenset()
+    remembered_deny: frozenset[str] = frozenset()
+    deadline: float | None = None
+    """When the run is suspended if a request is still pending then (None: no deadline)."""
+    _output: Any = attrs.field(default=None, converter=json_copy)
+    error: str | None = None
+    version: int = 1
+
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """A copy of the run's metadata."""
+        return _copy_dict(self._metadata)
+
+    @property
+    def output(self) -> Any:
+        """A copy of the output the agent completed with."""
+        return json_copy(self._output)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the run is completed, failed or cancelled."""
+        return self.status.is_terminal
+
+
+@attrs.frozen(kw_only=True)
+class PermissionRequest:
+    """One thing a run waits on: a question, a tool call or a plan."""
+
+    request_id: str
+    run_id: str
+    kind: str
+    tool_name: str
+    _tool_input: dict[str, Any] = attrs.field(converter=_copy_dict_required)
+    status: RequestStatus = attrs.field(converter=RequestStatus)
+    created_at: float
+    resolved_at: float | None = None
+    _answers: dict[str, Any] | None = attrs.field(default=None, converter=_copy_dict)
+    decision: str | None = None
+    reason: str | None = None
+    remember: bool = False
+    actor: str | None = None
+    source: str | None = None
+
+    @property
+    def tool_input(self) -> dict[str, Any]:
+        """A copy of the tool's arguments (for questions and plans: the questions)."""
+        copied: dict[str, Any] = json_copy(self._tool_input)
+        return copied
+
+    @property
+    def answers(self) -> dict[str, Any] | None:
+        """A copy of the answers, keyed by question text (None until answered)."""
+        return _copy_dict(self._answers)
+
+    @property
+    def is_pending(self) -> bool:
+        """True while the request waits for a decision."""
+        return self.status is RequestStatus.PENDING
+
+    @property
+    def is_plan_approval(self) -> bool:
+        """True for a plan request."""
+        return self.kind == "plan"
+
+    @property
+    def plan_text(self) -> str | None:
+        """The proposed plan of a plan request, else None."""
+        if self.kind != "plan":
+            return None
+        text: str = self._tool_input["questions"][0]["question"]
+        return text
+
+    @property
+    def questions(self) -> list[dict[str, Any]]:
+        """A copy of the questions of a question or plan request ([] for a tool request)."""
+        questions: list[dict[str, Any]] = json_copy(self._tool_input.get("questions", []))
+        return questions
+
+
+@attrs.frozen(kw_only=True)
+class PermissionPolicy:
+    """A stored pre-approval of a tool name or pattern for one user scope."""
+
+    id: str
+    user_id: str | None
+    tool_name: str
+    source: str
+    created_at: float
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """A reusable task; runs started from it inherit its settings."""
+
+    id: str
+    name: str
+    human_in_the_loop: bool | None
+    permission_mode: str | None
+    user_id: str | None
+    created_at: float
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """Something that happened to a run, recorded with the change itself."""
+
+    id: str
+    type: str
+    run_id: str
+    created_at: float
+    _data: dict[str, Any] = attrs.field(factory=dict, converter=_copy_dict_required)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """A copy of the event's data."""
+        copied: dict[str, Any] = json_copy(self._data)
+        return copied
+
+
+@attrs.frozen(kw_only=True)
+class ToolGate:
+    """What `agent.request_tool` decided: allowed, denied, or pending a person."""
+
+    status: str
+    source: str | None
+    request_id: str | None = None
+    reason: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        """True when the tool may run now."""
+        return self.status == "allowed"
+
+    @property
+    def pending(self) -> bool:
+        """True when a person must decide (see `agent.result`)."""
+        return self.status == "pending"
+
+
+@attrs.frozen(kw_only=True)
+class AnswerResult:
+    """What `runs.answer` returns."""
+
+    request: PermissionRequest
+    resumed: bool
+    status: str = "ok"
+
+
+@attrs.frozen(kw_only=True)
+class ApproveResult:
+    """What `runs.approve` returns."""
+
+    request: PermissionRequest
+    resumed: bool
+    remembered: bool
+
+
+T = TypeVar("T")
+
+
+@attrs.frozen(kw_only=True)
+class Page(Generic[T]):
+    """One page of a cursor-paged listing, oldest first."""
+
+    data: list[T]
+    has_more: bool
+    next_starting_after: str | None

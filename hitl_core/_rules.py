@@ -1,0 +1,125 @@
+"""The run lifecycle rulebook: which operation may move a run from which status to which.
+
+Theory of operation: everything that decides a run's status transitions is in this file,
+and this file does not know who calls it. The rulebook is one `transitions.Machine`, built
+once at import with no model; each firing uses a throwaway cursor that carries only the
+current status, so nothing is bound to a run and a refused trigger leaves nothing behind.
+A trigger that is not valid from a status becomes one ConflictError here, the only place
+that imports `transitions`. The docs' lifecycle diagram is drawn from `TRANSITIONS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transitions import Machine, MachineError
+
+from ._errors import ConflictError
+from ._records import RunStatus
+
+__all__ = ["TRANSITIONS", "allowed_from", "check", "fire", "mermaid"]
+
+_ACTIVE = [RunStatus.RUNNING.value, RunStatus.AWAITING_APPROVAL.value]
+_AWAITING = RunStatus.AWAITING_APPROVAL.value
+
+
+def _last(event: Any) -> bool:
+    """Guard: the decision resolved the run's last pending request."""
+    return bool(event.kwargs.get("last"))
+
+
+# trigger, sources, destination (None: stays where it is), guard, what it means.
+TRANSITIONS: list[dict[str, Any]] = [
+    {"trigger": "open_request", "source": _ACTIVE, "dest": _AWAITING},
+    {
+        "trigger": "resolve",
+        "source": _AWAITING,
+        "dest": RunStatus.RUNNING.value,
+        "conditions": [_last],
+    },
+    {"trigger": "resolve", "source": _AWAITING, "dest": None, "unless": [_last]},
+    {"trigger": "decide", "source": _ACTIVE, "dest": None},
+    {"trigger": "suspend", "source": _AWAITING, "dest": None},
+    {"trigger": "switch_mode", "source": _ACTIVE, "dest": None},
+    {"trigger": "complete", "source": RunStatus.RUNNING.value, "dest": RunStatus.COMPLETED.value},
+    {"trigger": "fail", "source": _ACTIVE, "dest": RunStatus.FAILED.value},
+    {"trigger": "cancel", "source": _ACTIVE, "dest": RunStatus.CANCELLED.value},
+]
+
+# What a refusal from a non-terminal status means, per trigger. From a terminal status
+# every refusal is run_not_active.
+_REFUSALS: dict[str, tuple[str, str]] = {
+    "complete": ("pending_requests", "the run has pending requests; resolve them first"),
+}
+
+_MACHINE = Machine(
+    model=None,
+    states=[status.value for status in RunStatus],
+    transitions=TRANSITIONS,
+    initial=RunStatus.RUNNING.value,
+    auto_transitions=False,
+    send_event=True,
+    queued=False,
+)
+
+_SOURCES: dict[str, frozenset[str]] = {
+    name: frozenset(event.transitions) for name, event in _MACHINE.events.items()
+}
+
+
+class _Cursor:
+    """The throwaway model a trigger fires on: just the current status."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+
+def _refuse(trigger: str, status: RunStatus) -> ConflictError:
+    if status.is_terminal or trigger not in _REFUSALS:
+        return ConflictError(
+            "run_not_active", f"the run is {status.value}; it can no longer change"
+        )
+    code, message = _REFUSALS[trigger]
+    return ConflictError(code, message)
+
+
+def check(status: RunStatus, trigger: str) -> None:
+    """Raise the documented ConflictError unless `trigger` may fire from `status`."""
+    if status.value not in _SOURCES[trigger]:
+        raise _refuse(trigger, status)
+
+
+def fire(status: RunStatus, trigger: str, **guards: Any) -> RunStatus:
+    """Fire `trigger` from `status` and return the new status (or raise ConflictError)."""
+    cursor = _Cursor(status.value)
+    try:
+        moved = _MACHINE.events[trigger].trigger(cursor, **guards)
+    except MachineError:
+        raise _refuse(trigger, status) from None
+    if not moved:  # a guard held every transition back: the rulebook has a hole
+        raise _refuse(trigger, status)
+    return RunStatus(cursor.state)
+
+
+def allowed_from(status: RunStatus) -> list[str]:
+    """The triggers that may fire from `status`, sorted."""
+    return sorted(name for name, sources in _SOURCES.items() if status.value in sources)
+
+
+def mermaid() -> str:
+    """The lifecycle as a Mermaid state diagram, drawn from the rulebook itself."""
+    lines = ["stateDiagram-v2", f"    [*] --> {RunStatus.RUNNING.value}: create"]
+    for row in TRANSITIONS:
+        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
+        for source in sources:
+            dest = row["dest"] or source
+            label = row["trigger"]
+            if "conditions" in row:
+                label += " [last pending]"
+            if "unless" in row:
+                label += " [others pending]"
+            lines.append(f"    {source} --> {dest}: {label}")
+    lines.extend(f"    {status.value} --> [*]" for status in RunStatus if status.is_terminal)
+    return "\n".join(lines) + "\n"

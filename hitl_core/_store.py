@@ -1,0 +1,127 @@
+"""The store port: the small interface every storage adapter implements.
+
+The engine opens one transaction per public call, reads what it needs, and writes the
+whole result before the transaction ends; an adapter makes that all-or-nothing and
+serialises writers. Adapters raise only HitlError subclasses (StoreError for I/O)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+
+from ._records import Event, PermissionPolicy, PermissionRequest, Run, Task
+
+__all__ = ["Store", "Transaction"]
+
+
+class Transaction(abc.ABC):
+    """Reads and writes inside one all-or-nothing transaction.
+
+    Lists are oldest first (insertion order). Writes are visible to later reads of the
+    same transaction. `limit` arguments are already validated (1..1000)."""
+
+    # runs
+    @abc.abstractmethod
+    def get_run(self, run_id: str) -> Run | None:
+        """The run with this id, or None."""
+
+    @abc.abstractmethod
+    def list_runs(
+        self, *, user_id: str | None, status: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[Run], bool] | None:
+        """Up to `limit` runs after the run `starting_after` (None: from the first), filtered
+        by user (None: every user) and status; with whether more follow. None when the
+        cursor names no run."""
+
+    @abc.abstractmethod
+    def due_runs(self, now: float, limit: int) -> list[Run]:
+        """Up to `limit` runs whose `deadline` is set and <= now, earliest deadline first."""
+
+    @abc.abstractmethod
+    def insert_run(self, run: Run) -> None:
+        """Store a new run."""
+
+    @abc.abstractmethod
+    def update_run(self, run: Run) -> None:
+        """Replace a stored run whose stored version is `run.version - 1`; raise
+        ConflictError('concurrent_update') when it is not (optimistic concurrency)."""
+
+    # requests
+    @abc.abstractmethod
+    def get_request(self, request_id: str) -> PermissionRequest | None:
+        """The request with this id, or None."""
+
+    @abc.abstractmethod
+    def list_requests(self, run_id: str, *, pending_only: bool = False) -> list[PermissionRequest]:
+        """The run's requests (or only its pending ones), oldest first."""
+
+    @abc.abstractmethod
+    def pending_requests(self, limit: int) -> list[PermissionRequest]:
+        """Up to `limit` pending requests across all runs, oldest first."""
+
+    @abc.abstractmethod
+    def save_requests(self, requests: Sequence[PermissionRequest]) -> None:
+        """Insert new requests or replace stored ones with the same request_id."""
+
+    # policies
+    @abc.abstractmethod
+    def find_policy(self, user_id: str | None, tool: str) -> PermissionPolicy | None:
+        """The policy of this scope for exactly this tool name or pattern, or None."""
+
+    @abc.abstractmethod
+    def get_policy(self, policy_id: str) -> PermissionPolicy | None:
+        """The policy with this id, or None."""
+
+    @abc.abstractmethod
+    def candidate_policies(self, user_id: str | None, tool_name: str) -> Iterator[PermissionPolicy]:
+        """Policies of this scope that may cover `tool_name`: the exact one first, then
+        every pattern policy (one with `*`, `?` or `[`); the engine does the matching."""
+
+    @abc.abstractmethod
+    def list_policies(
+        self, user_id: str | None, *, limit: int, starting_after: str | None
+    ) -> tuple[list[PermissionPolicy], bool] | None:
+        """A page of this scope's policies, as `list_runs` (None: unknown cursor)."""
+
+    @abc.abstractmethod
+    def insert_policy(self, policy: PermissionPolicy) -> None:
+        """Store a new policy (its scope and tool are known not to be stored yet)."""
+
+    @abc.abstractmethod
+    def delete_policy(self, policy_id: str) -> None:
+        """Remove a stored policy."""
+
+    # tasks
+    @abc.abstractmethod
+    def get_task(self, task_id: str) -> Task | None:
+        """The task with this id, or None."""
+
+    @abc.abstractmethod
+    def insert_task(self, task: Task) -> None:
+        """Store a new task."""
+
+    # events
+    @abc.abstractmethod
+    def append_events(self, events: Sequence[Event]) -> None:
+        """Append events after every stored one, in the order given."""
+
+    @abc.abstractmethod
+    def list_events(
+        self, *, after: str | None, run_id: str | None, limit: int
+    ) -> list[Event] | None:
+        """Up to `limit` events recorded after the event `after` (None: from the first),
+        optionally of one run, in recording order. None when `after` names no event."""
+
+
+class Store(abc.ABC):
+    """A storage backend: hands out transactions, one at a time for writers."""
+
+    @abc.abstractmethod
+    def transaction(self, *, write: bool) -> AbstractContextManager[Transaction]:
+        """Open a transaction; it commits when the block ends normally and rolls back
+        when it raises. A write transaction excludes every other writer."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the store's resources; safe to call twice."""

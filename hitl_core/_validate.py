@@ -1,0 +1,220 @@
+"""Input validation: run configuration (SPEC 2), questions and answers (SPEC 4.1, 4.3).
+Each check raises the documented ValidationError and returns a normalised copy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._errors import ValidationError
+from ._records import PLAN_HEADER, PermissionRequest
+
+__all__ = [
+    "DEFAULT_INPUT_TIMEOUT",
+    "MODES",
+    "config",
+    "normalise_answers",
+    "normalise_questions",
+    "optional_text",
+    "text",
+]
+
+MODES = ("autonomous", "approval", "plan")
+DEFAULT_INPUT_TIMEOUT = 75.0
+MAX_QUESTIONS = 4
+
+
+def mode(value: object) -> str:
+    """A valid permission mode, or 422 invalid_permission_mode."""
+    if not isinstance(value, str) or value not in MODES:
+        raise ValidationError(
+            "invalid_permission_mode",
+            f"permission_mode must be one of {', '.join(MODES)}; got {value!r}",
+        )
+    return value
+
+
+def switch(value: object) -> bool:
+    """A real bool for human_in_the_loop, or 422 invalid_config."""
+    if not isinstance(value, bool):
+        raise ValidationError(
+            "invalid_config", f"human_in_the_loop must be True or False; got {value!r}"
+        )
+    return value
+
+
+def combination(human_in_the_loop: bool, permission_mode: str) -> None:
+    """Refuse approval or plan mode without the master switch (422 hitl_required)."""
+    if permission_mode != "autonomous" and not human_in_the_loop:
+        raise ValidationError(
+            "hitl_required",
+            f"permission_mode={permission_mode!r} requires human_in_the_loop=True",
+        )
+
+
+def timeout(value: object) -> float:
+    """A finite number of seconds > 0, or 422 invalid_config."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValidationError(
+            "invalid_config", f"input_timeout must be a number of seconds > 0; got {value!r}"
+        )
+    return float(value)
+
+
+def user(value: object, code: str = "invalid_config") -> str | None:
+    """A user scope: None (the account) or a non-empty string."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValidationError(code, f"user_id must be a non-empty string or None; got {value!r}")
+    return value
+
+
+def config(
+    human_in_the_loop: object, permission_mode: object, input_timeout: object
+) -> tuple[bool, str, float]:
+    """Validate a run's configuration as SPEC 2 says, in a fixed order."""
+    hitl = switch(human_in_the_loop)
+    chosen = mode(permission_mode)
+    combination(hitl, chosen)
+    return hitl, chosen, timeout(input_timeout)
+
+
+def text(value: object, what: str, code: str = "invalid_request") -> str:
+    """A non-empty (after stripping) string, returned as given."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(code, f"{what} must be a non-empty string; got {value!r}")
+    return value
+
+
+def optional_text(value: object, what: str) -> str | None:
+    """None or a string (422 invalid_request otherwise)."""
+    if value is not None and not isinstance(value, str):
+        raise ValidationError("invalid_request", f"{what} must be a string or None; got {value!r}")
+    return value
+
+
+def flag(value: object, what: str) -> bool:
+    """A real bool, or 422 invalid_request."""
+    if not isinstance(value, bool):
+        raise ValidationError("invalid_request", f"{what} must be True or False; got {value!r}")
+    return value
+
+
+_QUESTION_KEYS = frozenset({"question", "header", "options", "multiSelect"})
+_OPTION_KEYS = frozenset({"label", "description"})
+
+
+def _option(raw: object, where: str) -> dict[str, str]:
+    if isinstance(raw, str):
+        raw = {"label": raw}
+    if not isinstance(raw, dict):
+        raise ValidationError("invalid_request", f"{where}: an option is a string or a dict")
+    unknown = set(raw) - _OPTION_KEYS
+    if unknown:
+        raise ValidationError("invalid_request", f"{where}: unknown option keys {sorted(unknown)}")
+    label = text(raw.get("label"), f"{where}: option label")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ValidationError("invalid_request", f"{where}: option description must be a string")
+    return {"label": label, "description": description}
+
+
+def _question(raw: object, index: int) -> dict[str, Any]:
+    where = f"question {index + 1}"
+    if not isinstance(raw, dict):
+        raise ValidationError("invalid_request", f"{where} must be a dict")
+    unknown = set(raw) - _QUESTION_KEYS
+    if unknown:
+        raise ValidationError("invalid_request", f"{where}: unknown keys {sorted(unknown)}")
+    question = text(raw.get("question"), f"{where}: question")
+    header = raw.get("header", "")
+    if not isinstance(header, str):
+        raise ValidationError("invalid_request", f"{where}: header must be a string")
+    multi = raw.get("multiSelect", False)
+    if not isinstance(multi, bool):
+        raise ValidationError("invalid_request", f"{where}: multiSelect must be True or False")
+    raw_options = raw.get("options")
+    if not isinstance(raw_options, (list, tuple)):
+        raise ValidationError("invalid_request", f"{where}: options must be a list")
+    options = [_option(option, where) for option in raw_options]
+    labels = [option["label"] for option in options]
+    if len(set(labels)) < 2 or len(set(labels)) != len(labels):
+        raise ValidationError(
+            "invalid_request", f"{where}: needs at least 2 distinct option labels"
+        )
+    return {"question": question, "header": header, "options": options, "multiSelect": multi}
+
+
+def normalise_questions(raw: object) -> list[dict[str, Any]]:
+    """1 to 4 well-formed questions with distinct texts, normalised (options as dicts)."""
+    if not isinstance(raw, (list, tuple)) or not 1 <= len(raw) <= MAX_QUESTIONS:
+        raise ValidationError(
+            "invalid_request", f"questions must be a list of 1 to {MAX_QUESTIONS} questions"
+        )
+    questions = [_question(item, index) for index, item in enumerate(raw)]
+    texts = [question["question"] for question in questions]
+    if len(set(texts)) != len(texts):
+        raise ValidationError("invalid_request", "question texts must be distinct")
+    return questions
+
+
+def _single(value: object, question: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(
+            "invalid_answers", f"the answer to {question!r} must be a non-empty string"
+        )
+    return value.strip()
+
+
+def _multi(value: object, question: str) -> list[str]:
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+        if not all(isinstance(part, str) for part in parts):
+            raise ValidationError(
+                "invalid_answers", f"the answers to {question!r} must all be strings"
+            )
+    else:
+        raise ValidationError(
+            "invalid_answers", f"the answer to {question!r} must be a list of labels or a string"
+        )
+    chosen = [part.strip() for part in parts if part.strip()]
+    if not chosen:
+        raise ValidationError("invalid_answers", f"the answer to {question!r} is empty")
+    return list(dict.fromkeys(chosen))
+
+
+def normalise_answers(request: PermissionRequest, answers: dict[str, Any]) -> dict[str, Any]:
+    """Answers keyed by question text, every question answered once (SPEC 4.1, 4.3).
+
+    A plan request takes one answer keyed by "Plan Approval" or by the plan text; it is
+    stored as "Approve" (any case, surrounding space ignored) or as the stripped feedback."""
+    if request.kind == "plan":
+        plan = request.plan_text
+        assert plan is not None
+        keys = [key for key in answers if key in (PLAN_HEADER, plan)]
+        if len(answers) != 1 or not keys:
+            raise ValidationError(
+                "invalid_answers", f"a plan is answered with one answer keyed {PLAN_HEADER!r}"
+            )
+        value = _single(answers[keys[0]], PLAN_HEADER)
+        return {plan: "Approve" if value.lower() == "approve" else value}
+    questions = {question["question"]: question for question in request.questions}
+    unknown = [key for key in answers if key not in questions]
+    if unknown:
+        raise ValidationError("invalid_answers", f"no such question: {unknown[0]!r}")
+    missing = [key for key in questions if key not in answers]
+    if missing:
+        raise ValidationError("invalid_answers", f"question {missing[0]!r} is not answered")
+    out: dict[str, Any] = {}
+    for key, question in questions.items():
+        value = answers[key]
+        out[key] = _multi(value, key) if question["multiSelect"] else _single(value, key)
+    return out
