@@ -1128,7 +1128,7 @@ class HitlContract:
         request.tool_input["to"].append("z")
         assert hitl.agent(run.id).result(gate.request_id).tool_input == {"to": ["x"]}
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
-            run.status = RunStatus.FAILED  # type: ignore[misc]
+            run.status = RunStatus.FAILED
         assert type(run.human_in_the_loop) is bool and type(request.remember) is bool
         events = hitl.events.list()
         events[0].data["changed"] = True

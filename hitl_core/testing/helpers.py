@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from .._engine import Hitl
@@ -59,7 +60,7 @@ def snapshot(
     requests = {run.id: hitl.runs.permissions(run.id) for run in runs}
     seen_users = {run.user_id for run in runs} | set(users)
     policies = {
-        user: _all_pages(lambda **kw: hitl.permissions.list(user_id=user, **kw))
+        user: _all_pages(functools.partial(hitl.permissions.list, user_id=user))
         for user in seen_users
     }
     events: list[Event] = []
