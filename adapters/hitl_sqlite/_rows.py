@@ -1,0 +1,312 @@
+"""Row shapes of the SQLite store: the SQL it runs (prepared once, as module constants)
+and the conversions between rows and hitl-core records (`*_params`, `*_from_row`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hitl_core._policy import is_pattern
+from hitl_core._records import Event, PermissionPolicy, PermissionRequest, Run, Task
+
+__all__ = [
+    "event_from_row",
+    "event_params",
+    "policy_from_row",
+    "policy_params",
+    "request_from_row",
+    "request_params",
+    "run_from_row",
+    "run_params",
+    "scope",
+    "task_from_row",
+    "task_params",
+]
+
+# ensure_ascii stays on: a lone surrogate in a string survives as a \\ud800 escape.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.loads
+_EMPTY = "[]"
+
+Row = tuple[Any, ...]
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else _encode(value)
+
+
+def _from_json(text: str | None) -> Any:
+    return None if text is None else _decode(text)
+
+
+def _names(names: frozenset[str]) -> str:
+    return _encode(sorted(names)) if names else _EMPTY
+
+
+def _name_set(text: str) -> frozenset[str]:
+    return frozenset() if text == _EMPTY else frozenset(_decode(text))
+
+
+def scope(user_id: str | None) -> str:
+    """The stored scope key of a policy: the user id, or '' for the account scope."""
+    return "" if user_id is None else user_id
+
+
+# -- runs -------------------------------------------------------------------------------
+
+_RUN_COLUMNS = (
+    "id, status, human_in_the_loop, permission_mode, user_id, task_id, metadata, "
+    "input_timeout, suspended, created_at, updated_at, plan_approved, plan_revisions, "
+    "remembered_allow, remembered_deny, deadline, output, error, version"
+)
+# A newly set deadline gets max(deadline_seq) + 1, so equal deadlines come out in the
+# order they were set (as the memory store's heap does); an unchanged one keeps its number.
+_NEXT_DEADLINE_SEQ = (
+    "(SELECT ifnull(max(deadline_seq), 0) + 1 FROM runs WHERE deadline_seq IS NOT NULL)"
+)
+INSERT_RUN = (
+    f"INSERT INTO runs ({_RUN_COLUMNS}, deadline_seq) VALUES "
+    "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
+    f"CASE WHEN ?16 IS NULL THEN NULL ELSE {_NEXT_DEADLINE_SEQ} END)"
+)
+# Compare-and-set: ?20 is the version the caller read. SET expressions see the old row.
+UPDATE_RUN = (
+    "UPDATE runs SET status = ?2, human_in_the_loop = ?3, permission_mode = ?4, "
+    "user_id = ?5, task_id = ?6, metadata = ?7, input_timeout = ?8, suspended = ?9, "
+    "created_at = ?10, updated_at = ?11, plan_approved = ?12, plan_revisions = ?13, "
+    "remembered_allow = ?14, remembered_deny = ?15, "
+    "deadline_seq = CASE WHEN ?16 IS NULL THEN NULL WHEN deadline IS ?16 THEN deadline_seq "
+    f"ELSE {_NEXT_DEADLINE_SEQ} END, "
+    "deadline = ?16, output = ?17, error = ?18, version = ?19 "
+    "WHERE id = ?1 AND version = ?20"
+)
+GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?"
+RUN_SEQ = "SELECT seq FROM runs WHERE id = ?"
+DUE_RUNS = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE deadline IS NOT NULL AND deadline <= ? "
+    "ORDER BY deadline, deadline_seq LIMIT ?"
+)
+# list_runs by (has user filter, has status filter); parameters: seq, [user], [status], limit
+LIST_RUNS = {
+    (False, False): f"SELECT {_RUN_COLUMNS} FROM runs WHERE seq > ? ORDER BY seq LIMIT ?",
+    (True, False): (
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE seq > ? AND user_id = ? ORDER BY seq LIMIT ?"
+    ),
+    (False, True): (
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE seq > ? AND status = ? ORDER BY seq LIMIT ?"
+    ),
+    (True, True): (
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE seq > ? AND user_id = ? AND status = ? "
+        "ORDER BY seq LIMIT ?"
+    ),
+}
+
+
+def run_params(run: Run) -> tuple[Any, ...]:
+    """The parameters ?1..?19 of INSERT_RUN and UPDATE_RUN."""
+    return (
+        run.id,
+        run.status.value,
+        run.human_in_the_loop,
+        run.permission_mode,
+        run.user_id,
+        run.task_id,
+        _json(run.metadata),
+        run.input_timeout,
+        run.suspended,
+        run.created_at,
+        run.updated_at,
+        run.plan_approved,
+        run.plan_revisions,
+        _names(run.remembered_allow),
+        _names(run.remembered_deny),
+        run.deadline,
+        _json(run.output),
+        run.error,
+        run.version,
+    )
+
+
+def run_from_row(row: Row) -> Run:
+    """A Run from a row of `_RUN_COLUMNS`."""
+    return Run(
+        id=row[0],
+        status=row[1],
+        human_in_the_loop=bool(row[2]),
+        permission_mode=row[3],
+        user_id=row[4],
+        task_id=row[5],
+        metadata=_from_json(row[6]),
+        input_timeout=row[7],
+        suspended=bool(row[8]),
+        created_at=row[9],
+        updated_at=row[10],
+        plan_approved=bool(row[11]),
+        plan_revisions=row[12],
+        remembered_allow=_name_set(row[13]),
+        remembered_deny=_name_set(row[14]),
+        deadline=row[15],
+        output=_from_json(row[16]),
+        error=row[17],
+        version=row[18],
+    )
+
+
+# -- requests ---------------------------------------------------------------------------
+
+_REQUEST_COLUMNS = (
+    "request_id, run_id, kind, tool_name, tool_input, status, created_at, resolved_at, "
+    "answers, decision, reason, remember, actor, source"
+)
+SAVE_REQUEST = (
+    f"INSERT INTO requests ({_REQUEST_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (request_id) DO UPDATE SET run_id = excluded.run_id, kind = excluded.kind, "
+    "tool_name = excluded.tool_name, tool_input = excluded.tool_input, "
+    "status = excluded.status, created_at = excluded.created_at, "
+    "resolved_at = excluded.resolved_at, answers = excluded.answers, "
+    "decision = excluded.decision, reason = excluded.reason, remember = excluded.remember, "
+    "actor = excluded.actor, source = excluded.source"
+)
+GET_REQUEST = f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?"
+RUN_REQUESTS = f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE run_id = ? ORDER BY seq"
+RUN_PENDING_REQUESTS = (
+    f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE run_id = ? AND status = 'pending' ORDER BY seq"
+)
+PENDING_REQUESTS = (
+    f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status = 'pending' ORDER BY seq LIMIT ?"
+)
+
+
+def request_params(request: PermissionRequest) -> tuple[Any, ...]:
+    """The parameters of SAVE_REQUEST."""
+    return (
+        request.request_id,
+        request.run_id,
+        request.kind,
+        request.tool_name,
+        _encode(request.tool_input),
+        request.status.value,
+        request.created_at,
+        request.resolved_at,
+        _json(request.answers),
+        request.decision,
+        request.reason,
+        request.remember,
+        request.actor,
+        request.source,
+    )
+
+
+def request_from_row(row: Row) -> PermissionRequest:
+    """A PermissionRequest from a row of `_REQUEST_COLUMNS`."""
+    return PermissionRequest(
+        request_id=row[0],
+        run_id=row[1],
+        kind=row[2],
+        tool_name=row[3],
+        tool_input=_decode(row[4]),
+        status=row[5],
+        created_at=row[6],
+        resolved_at=row[7],
+        answers=_from_json(row[8]),
+        decision=row[9],
+        reason=row[10],
+        remember=bool(row[11]),
+        actor=row[12],
+        source=row[13],
+    )
+
+
+# -- policies ---------------------------------------------------------------------------
+
+_POLICY_COLUMNS = "id, scope, tool_name, source, created_at"
+INSERT_POLICY = (
+    "INSERT INTO policies (id, scope, tool_name, source, created_at, is_pattern) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+DELETE_POLICY = "DELETE FROM policies WHERE id = ?"
+GET_POLICY = f"SELECT {_POLICY_COLUMNS} FROM policies WHERE id = ?"
+FIND_POLICY = f"SELECT {_POLICY_COLUMNS} FROM policies WHERE scope = ? AND tool_name = ?"
+PATTERN_POLICIES = (
+    f"SELECT {_POLICY_COLUMNS} FROM policies WHERE scope = ? AND is_pattern = 1 ORDER BY seq"
+)
+POLICY_SEQ = "SELECT seq FROM policies WHERE id = ? AND scope = ?"
+LIST_POLICIES = (
+    f"SELECT {_POLICY_COLUMNS} FROM policies WHERE scope = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+
+
+def policy_params(policy: PermissionPolicy) -> tuple[Any, ...]:
+    """The parameters of INSERT_POLICY; the pattern flag uses the engine's own test."""
+    return (
+        policy.id,
+        scope(policy.user_id),
+        policy.tool_name,
+        policy.source,
+        policy.created_at,
+        is_pattern(policy.tool_name),
+    )
+
+
+def policy_from_row(row: Row) -> PermissionPolicy:
+    """A PermissionPolicy from a row of `_POLICY_COLUMNS`."""
+    return PermissionPolicy(
+        id=row[0],
+        user_id=row[1] or None,
+        tool_name=row[2],
+        source=row[3],
+        created_at=row[4],
+    )
+
+
+# -- tasks ------------------------------------------------------------------------------
+
+_TASK_COLUMNS = "id, name, human_in_the_loop, permission_mode, user_id, created_at"
+INSERT_TASK = f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+GET_TASK = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?"
+
+
+def task_params(task: Task) -> tuple[Any, ...]:
+    """The parameters of INSERT_TASK."""
+    return (
+        task.id,
+        task.name,
+        task.human_in_the_loop,
+        task.permission_mode,
+        task.user_id,
+        task.created_at,
+    )
+
+
+def task_from_row(row: Row) -> Task:
+    """A Task from a row of `_TASK_COLUMNS`."""
+    return Task(
+        id=row[0],
+        name=row[1],
+        human_in_the_loop=None if row[2] is None else bool(row[2]),
+        permission_mode=row[3],
+        user_id=row[4],
+        created_at=row[5],
+    )
+
+
+# -- events -----------------------------------------------------------------------------
+
+_EVENT_COLUMNS = "id, type, run_id, created_at, data"
+INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+EVENT_SEQ = "SELECT seq FROM events WHERE id = ?"
+LIST_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+LIST_RUN_EVENTS = (
+    f"SELECT {_EVENT_COLUMNS} FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+
+
+def event_params(event: Event) -> tuple[Any, ...]:
+    """The parameters of INSERT_EVENT."""
+    return (event.id, event.type, event.run_id, event.created_at, _encode(event.data))
+
+
+def event_from_row(row: Row) -> Event:
+    """An Event from a row of `_EVENT_COLUMNS`."""
+    return Event(id=row[0], type=row[1], run_id=row[2], created_at=row[3], data=_decode(row[4]))

@@ -1,0 +1,213 @@
+"""The SQLite store's schema: its tables and indexes, its version, and the read-only
+inspection that decides whether an existing file is ours before anything writes to it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from urllib.parse import quote
+
+from hitl_core import StoreError
+
+__all__ = ["APPLICATION", "SCHEMA", "SCHEMA_VERSION", "create_schema", "inspect_file", "is_wal"]
+
+SCHEMA_VERSION = 1
+"""The schema this code writes and reads. A file with a higher version is refused."""
+
+APPLICATION = "hitl-core"
+APPLICATION_ID = 0x48544C43  # "HTLC" in the file header, so tools like `file` can tell
+MAGIC = b"SQLite format 3\x00"
+HEADER_SIZE = 100
+
+# Every table has `seq INTEGER PRIMARY KEY` (the rowid): SQLite gives each new row
+# max(seq) + 1, so ordering by seq is insertion order. Ids are random text, indexed UNIQUE.
+# JSON columns hold json text (NULL for None); booleans are 0/1; times are REAL seconds.
+SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE hitl_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE runs (
+        seq               INTEGER PRIMARY KEY,
+        id                TEXT NOT NULL UNIQUE,
+        status            TEXT NOT NULL,
+        human_in_the_loop INTEGER NOT NULL,
+        permission_mode   TEXT NOT NULL,
+        user_id           TEXT,
+        task_id           TEXT,
+        metadata          TEXT,
+        input_timeout     REAL NOT NULL,
+        suspended         INTEGER NOT NULL,
+        created_at        REAL NOT NULL,
+        updated_at        REAL NOT NULL,
+        plan_approved     INTEGER NOT NULL,
+        plan_revisions    INTEGER NOT NULL,
+        remembered_allow  TEXT NOT NULL,
+        remembered_deny   TEXT NOT NULL,
+        deadline          REAL,
+        deadline_seq      INTEGER,
+        output            TEXT,
+        error             TEXT,
+        version           INTEGER NOT NULL
+    )""",
+    # runs.list(user_id=...) walks one user's runs in order.
+    "CREATE INDEX runs_by_user ON runs (user_id, seq)",
+    # due_runs: only runs with a deadline are indexed; ties go to the deadline set first.
+    "CREATE INDEX runs_due ON runs (deadline, deadline_seq) WHERE deadline IS NOT NULL",
+    # max(deadline_seq) + 1 numbers a newly set deadline.
+    "CREATE INDEX runs_deadline_seq ON runs (deadline_seq) WHERE deadline_seq IS NOT NULL",
+    """CREATE TABLE requests (
+        seq         INTEGER PRIMARY KEY,
+        request_id  TEXT NOT NULL UNIQUE,
+        run_id      TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        tool_name   TEXT NOT NULL,
+        tool_input  TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        resolved_at REAL,
+        answers     TEXT,
+        decision    TEXT,
+        reason      TEXT,
+        remember    INTEGER NOT NULL,
+        actor       TEXT,
+        source      TEXT
+    )""",
+    "CREATE INDEX requests_by_run ON requests (run_id, seq)",
+    "CREATE INDEX requests_pending ON requests (seq) WHERE status = 'pending'",
+    # scope is the user id, or '' for the account scope (user ids are non-empty), so the
+    # UNIQUE index also holds for the account scope (NULLs would all be distinct).
+    """CREATE TABLE policies (
+        seq        INTEGER PRIMARY KEY,
+        id         TEXT NOT NULL UNIQUE,
+        scope      TEXT NOT NULL,
+        tool_name  TEXT NOT NULL,
+        is_pattern INTEGER NOT NULL,
+        source     TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX policies_by_scope_tool ON policies (scope, tool_name)",
+    "CREATE INDEX policies_by_scope ON policies (scope, seq)",
+    "CREATE INDEX policies_patterns ON policies (scope, seq) WHERE is_pattern = 1",
+    """CREATE TABLE tasks (
+        seq               INTEGER PRIMARY KEY,
+        id                TEXT NOT NULL UNIQUE,
+        name              TEXT NOT NULL,
+        human_in_the_loop INTEGER,
+        permission_mode   TEXT,
+        user_id           TEXT,
+        created_at        REAL NOT NULL
+    )""",
+    """CREATE TABLE events (
+        seq        INTEGER PRIMARY KEY,
+        id         TEXT NOT NULL UNIQUE,
+        type       TEXT NOT NULL,
+        run_id     TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        data       TEXT NOT NULL
+    )""",
+    "CREATE INDEX events_by_run ON events (run_id, seq)",
+)
+
+_TABLES_SQL = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+_META_SQL = "SELECT key, value FROM hitl_meta WHERE key IN ('application', 'schema_version')"
+
+
+def is_wal(header: bytes) -> bool:
+    """True when a database header says the file is in WAL mode (format versions 2)."""
+    return header[18] == 2 or header[19] == 2
+
+
+def read_header(path: str) -> bytes:
+    """The first bytes of an existing non-empty file; StoreError when it is not SQLite."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(HEADER_SIZE)
+    except OSError as error:
+        raise StoreError(
+            "store_unavailable", f"cannot read {path!r}: {error.strerror or error}"
+        ) from error
+    if len(header) < HEADER_SIZE or not header.startswith(MAGIC):
+        raise StoreError(
+            "not_a_database",
+            f"{path!r} is not an SQLite database (it starts with {header[:16]!r}); "
+            "hitl-core leaves it untouched",
+        )
+    return header
+
+
+def schema_version(tables: set[str], meta: dict[str, str], path: str) -> int | None:
+    """Our schema version given a database's tables and hitl_meta rows; None for a
+    database without tables; StoreError for a database that is not ours or too new."""
+    if not tables:
+        return None
+    if "hitl_meta" not in tables or meta.get("application") != APPLICATION:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise StoreError(
+            "foreign_database",
+            f"{path!r} is an SQLite database of another application (tables: {shown}); "
+            "hitl-core leaves it untouched",
+        )
+    raw = meta.get("schema_version", "")
+    version = int(raw) if raw.isdigit() else 0
+    if version < 1:
+        raise StoreError(
+            "foreign_database",
+            f"{path!r} has hitl-core's marker but no valid schema version ({raw!r}); "
+            "hitl-core leaves it untouched",
+        )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            "schema_too_new",
+            f"{path!r} has hitl-core schema version {version}, newer than the {SCHEMA_VERSION} "
+            "this version of hitl-core knows; upgrade hitl-core to open it (file left untouched)",
+        )
+    return version
+
+
+def read_schema(db: sqlite3.Connection, path: str) -> int | None:
+    """Our schema version as seen through `db` (see `schema_version`)."""
+    tables = {name for (name,) in db.execute(_TABLES_SQL)}
+    meta: dict[str, str] = {}
+    if "hitl_meta" in tables:
+        meta = {str(key): str(value) for key, value in db.execute(_META_SQL)}
+    return schema_version(tables, meta, path)
+
+
+def inspect_file(path: str, header: bytes) -> int | None:
+    """Look into an existing SQLite file without changing anything on disk, and return
+    our schema version (None: the database has no tables yet).
+
+    A WAL database is opened `immutable` unless its -wal and -shm files both exist: a
+    plain read-only open would create them and leave them behind."""
+    siblings = os.path.exists(path + "-wal") and os.path.exists(path + "-shm")
+    uri = f"file:{quote(path)}?mode=ro"
+    if is_wal(header) and not siblings:
+        uri += "&immutable=1"
+    try:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as error:
+        raise StoreError(
+            "store_unavailable", f"cannot open {path!r} to inspect it: {error}"
+        ) from error
+    try:
+        return read_schema(db, path)
+    except sqlite3.DatabaseError as error:
+        raise StoreError(
+            "not_a_database",
+            f"{path!r} cannot be read as an SQLite database ({error}); "
+            "hitl-core leaves it untouched",
+        ) from error
+    finally:
+        db.close()
+
+
+def create_schema(db: sqlite3.Connection) -> None:
+    """Create every table, index and the version marker (inside the caller's transaction)."""
+    for statement in SCHEMA:
+        db.execute(statement)
+    db.executemany(
+        "INSERT INTO hitl_meta (key, value) VALUES (?, ?)",
+        [("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
+    )
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")

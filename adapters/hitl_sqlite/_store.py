@@ -1,0 +1,576 @@
+"""The SQLite store itself: URL parsing, opening a file safely, one connection per thread,
+transactions (BEGIN IMMEDIATE for writers, with busy retry), and the port's reads and
+writes. Every sqlite3 error leaves here as a HitlError."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, suppress
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl
+
+from hitl_core import ConflictError, HitlError, StoreError, ValidationError
+from hitl_core._records import Event, PermissionPolicy, PermissionRequest, Run, Task
+from hitl_core._store import Store, Transaction
+
+from . import _rows as q
+from ._schema import create_schema, inspect_file, is_wal, read_header, read_schema
+
+__all__ = ["SqliteStore", "open_store", "parse_url"]
+
+PREFIX = "sqlite:///"
+MEMORY = ":memory:"
+SYNCHRONOUS = ("FULL", "NORMAL")
+
+BUSY_TIMEOUT = 0.5
+"""Seconds SQLite itself waits for a lock (its busy handler) before reporting busy."""
+BUSY_ATTEMPTS = 8
+"""How many times a busy BEGIN IMMEDIATE is tried before StoreError('store_busy')."""
+BACKOFF_FIRST = 0.002
+BACKOFF_MAX = 0.2
+LOCK_WAIT = 60.0
+"""Seconds a thread waits for its own process's writer lock before 'store_busy'."""
+
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_CODES = {
+    sqlite3.SQLITE_BUSY: "store_busy",
+    sqlite3.SQLITE_LOCKED: "store_busy",
+    sqlite3.SQLITE_READONLY: "store_read_only",
+    sqlite3.SQLITE_CANTOPEN: "store_unavailable",
+    sqlite3.SQLITE_PERM: "store_unavailable",
+    sqlite3.SQLITE_AUTH: "store_unavailable",
+    sqlite3.SQLITE_FULL: "store_full",
+    sqlite3.SQLITE_IOERR: "store_io_error",
+    sqlite3.SQLITE_CORRUPT: "store_corrupt",
+    sqlite3.SQLITE_NOTADB: "not_a_database",
+    sqlite3.SQLITE_CONSTRAINT: "store_constraint",
+}
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """The path (or ':memory:') and the synchronous setting of an sqlite:/// URL."""
+    if not isinstance(url, str) or not url.startswith(PREFIX):
+        raise ValidationError(
+            "invalid_url",
+            f"an SQLite store URL is 'sqlite:///relative.db', 'sqlite:////absolute.db' or "
+            f"'sqlite:///:memory:'; got {url!r}",
+        )
+    path, _, query = url[len(PREFIX) :].partition("?")
+    if not path:
+        raise ValidationError("invalid_url", f"no file path in {url!r}")
+    synchronous = "FULL"
+    if query:
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError as error:
+            raise ValidationError("invalid_url", f"cannot read the query of {url!r}") from error
+        for key, value in pairs:
+            if key != "synchronous":
+                raise ValidationError(
+                    "invalid_url", f"unknown option {key!r} in {url!r} (known: synchronous)"
+                )
+            if value.upper() not in SYNCHRONOUS:
+                raise ValidationError(
+                    "invalid_url", f"synchronous must be FULL or NORMAL; got {value!r} in {url!r}"
+                )
+            synchronous = value.upper()
+    return path, synchronous
+
+
+def open_store(url: str) -> SqliteStore:
+    """Entry point for `sqlite:///path.db` (see `parse_url`): open or create the file."""
+    path, synchronous = parse_url(url)
+    return SqliteStore(path, synchronous=synchronous)
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _BUSY_CODES
+    return "locked" in str(error) or "busy" in str(error)
+
+
+def store_error(error: sqlite3.Error, doing: str, path: str) -> StoreError:
+    """The StoreError for an sqlite3 error met while `doing` something with `path`."""
+    code = getattr(error, "sqlite_errorcode", None)
+    name = _CODES.get(code & 0xFF, "store_error") if code is not None else "store_error"
+    if name == "store_error" and _is_busy(error):
+        name = "store_busy"
+    if isinstance(error, sqlite3.ProgrammingError) and "closed" in str(error):
+        name = "store_closed"
+    return StoreError(name, f"SQLite store {path!r}: {doing} failed: {error}")
+
+
+class _Session:
+    """One connection with its transaction object and nesting state."""
+
+    __slots__ = ("db", "depth", "holds_writer", "thread", "tx", "wrote")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.tx = SqliteTransaction(db)
+        self.depth = 0
+        self.wrote = False
+        self.holds_writer = False
+        self.thread = threading.current_thread()
+
+
+class SqliteStore(Store):
+    """A hitl-core store in one SQLite file (WAL mode), or in memory for ':memory:'.
+
+    File stores give each thread its own connection; a write transaction is a short
+    BEGIN IMMEDIATE, so writers of every process take turns, and threads of this process
+    queue on a lock first. The memory store has one connection that every thread shares
+    under a lock."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        if synchronous not in SYNCHRONOUS:
+            raise ValidationError(
+                "invalid_url", f"synchronous must be FULL or NORMAL, not {synchronous!r}"
+            )
+        self._memory = path == MEMORY
+        self.path = path if self._memory else os.path.abspath(path)
+        self.synchronous = synchronous
+        self._closed = False
+        self._pid = os.getpid()
+        self._registry_lock = threading.Lock()
+        self._sessions: list[_Session] = []
+        self._local = threading.local()
+        self._writer = threading.RLock() if self._memory else threading.Lock()
+        self._shared: _Session | None = None
+        if self._memory:
+            self._shared = self._register(self._open_memory())
+        else:
+            self._local.session = self._register(self._open_file())
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self.path!r} synchronous={self.synchronous}>"
+
+    # -- opening -----------------------------------------------------------------------
+    def _open_memory(self) -> sqlite3.Connection:
+        db = sqlite3.connect(MEMORY, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            create_schema(db)
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            db.close()
+            raise store_error(error, "creating the schema", self.path) from error
+        return db
+
+    def _open_file(self) -> sqlite3.Connection:
+        """Check the file, then open it read-write and make sure our schema is there."""
+        path = self.path
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            raise StoreError(
+                "store_unavailable", f"cannot open {path!r}: directory {directory!r} does not exist"
+            )
+        if os.path.isdir(path):
+            raise StoreError("store_unavailable", f"cannot open {path!r}: it is a directory")
+        version: int | None = None
+        wal = False
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            header = read_header(path)
+            wal = is_wal(header)
+            version = inspect_file(path, header)
+        elif not os.access(directory, os.W_OK):
+            raise StoreError(
+                "store_unavailable",
+                f"cannot create {path!r}: directory {directory!r} is not writable",
+            )
+        db = self._connect()
+        try:
+            if version is None or not wal:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(
+                        "store_unavailable",
+                        f"{path!r} cannot use write-ahead logging (journal mode {mode!r})",
+                    )
+            if version is None:
+                self._create(db)
+            else:
+                # A plain read on the read-write connection: proves the -wal and -shm
+                # files can be opened (a read-only directory fails here, not later).
+                read_schema(db, path)
+        except sqlite3.Error as error:
+            db.close()
+            raise store_error(error, "opening", path) from error
+        except HitlError:
+            db.close()
+            raise
+        return db
+
+    def _create(self, db: sqlite3.Connection) -> None:
+        """Create the schema in one transaction, unless another process just did."""
+        self._begin_immediate(db)
+        try:
+            if read_schema(db, self.path) is None:
+                create_schema(db)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as error:
+            raise StoreError(
+                "store_unavailable",
+                f"cannot open {self.path!r}: {error} (is the directory writable?)",
+            ) from error
+        try:
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except sqlite3.Error as error:
+            db.close()
+            raise store_error(error, "configuring", self.path) from error
+        return db
+
+    def _register(self, db: sqlite3.Connection) -> _Session:
+        session = _Session(db)
+        with self._registry_lock:
+            if self._closed:
+                db.close()
+                raise StoreError("store_closed", f"the SQLite store {self.path!r} is closed")
+            alive = []
+            for old in self._sessions:
+                if old.thread.is_alive():
+                    alive.append(old)
+                else:  # its thread has ended: nobody can use that connection again
+                    old.db.close()
+            alive.append(session)
+            self._sessions = alive
+        return session
+
+    def _session(self) -> _Session:
+        if self._shared is not None:
+            return self._shared
+        if os.getpid() != self._pid:  # forked: the parent's connections must not be used
+            self._pid = os.getpid()
+            self._local = threading.local()
+            self._sessions = []
+            self._writer = threading.Lock()
+            self._registry_lock = threading.Lock()
+        try:
+            session: _Session = self._local.session
+            return session
+        except AttributeError:
+            pass
+        if self._closed:
+            raise StoreError("store_closed", f"the SQLite store {self.path!r} is closed")
+        session = self._register(self._connect())
+        self._local.session = session
+        return session
+
+    # -- transactions ------------------------------------------------------------------
+    def transaction(self, *, write: bool) -> AbstractContextManager[Transaction]:
+        """A write transaction is BEGIN IMMEDIATE (retried with backoff while the file is
+        busy); a read one is a deferred BEGIN, one consistent snapshot. Nested calls on
+        the same thread use savepoints."""
+        return _Scope(self, write)
+
+    def _begin_immediate(self, db: sqlite3.Connection) -> None:
+        delay = BACKOFF_FIRST
+        for attempt in range(BUSY_ATTEMPTS):
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error):
+                    raise
+                if attempt == BUSY_ATTEMPTS - 1:
+                    raise StoreError(
+                        "store_busy",
+                        f"SQLite store {self.path!r} stayed locked by another writer "
+                        f"through {BUSY_ATTEMPTS} attempts; try again",
+                    ) from error
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def close(self) -> None:
+        """Close every connection this store opened (in every thread); safe twice."""
+        with self._registry_lock:
+            if self._closed:
+                return
+            self._closed = True
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            with suppress(sqlite3.Error):
+                session.db.close()
+        self._local = threading.local()
+
+
+class _Scope(AbstractContextManager[Transaction]):
+    """One `with store.transaction(...)` block."""
+
+    __slots__ = ("_session", "_store", "_write")
+
+    def __init__(self, store: SqliteStore, write: bool) -> None:
+        self._store = store
+        self._write = write
+        self._session: _Session | None = None
+
+    def __enter__(self) -> Transaction:
+        store = self._store
+        if store._closed:
+            raise StoreError("store_closed", f"the SQLite store {store.path!r} is closed")
+        session = store._session()
+        if store._memory:
+            store._writer.acquire()
+        try:
+            if session.depth:
+                self._enter_nested(session)
+            else:
+                self._enter_outer(session)
+        except BaseException:
+            if store._memory:
+                store._writer.release()
+            raise
+        session.depth += 1
+        self._session = session
+        return session.tx
+
+    def _enter_outer(self, session: _Session) -> None:
+        store = self._store
+        if self._write and not store._memory:
+            self._hold_writer(session)
+        try:
+            if self._write:
+                store._begin_immediate(session.db)
+            else:
+                session.db.execute("BEGIN")
+        except sqlite3.Error as error:
+            self._drop_writer(session)
+            raise store_error(error, "starting a transaction", store.path) from error
+        except BaseException:
+            self._drop_writer(session)
+            raise
+        session.wrote = self._write
+
+    def _enter_nested(self, session: _Session) -> None:
+        if self._write and not session.wrote and not self._store._memory:
+            self._hold_writer(session)
+            session.wrote = True
+        try:
+            session.db.execute(f"SAVEPOINT hitl_{session.depth}")
+        except sqlite3.Error as error:
+            raise store_error(error, "starting a nested transaction", self._store.path) from error
+
+    def _hold_writer(self, session: _Session) -> None:
+        if not self._store._writer.acquire(timeout=LOCK_WAIT):
+            raise StoreError(
+                "store_busy", f"waited {LOCK_WAIT}s for this process's writer lock; try again"
+            )
+        session.holds_writer = True
+
+    def _drop_writer(self, session: _Session) -> None:
+        if session.holds_writer:
+            session.holds_writer = False
+            self._store._writer.release()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session = self._session
+        assert session is not None
+        store = self._store
+        session.depth -= 1
+        db = session.db
+        try:
+            if session.depth:
+                name = f"hitl_{session.depth}"
+                if exc is None:
+                    self._run(db, f"RELEASE {name}", "committing a nested transaction")
+                else:
+                    _quiet(db, f"ROLLBACK TO {name}")
+                    _quiet(db, f"RELEASE {name}")
+            elif exc is None:
+                try:
+                    self._run(db, "COMMIT", "committing")
+                except StoreError:
+                    _quiet(db, "ROLLBACK")
+                    raise
+            else:
+                _quiet(db, "ROLLBACK")
+        finally:
+            if not session.depth:
+                session.wrote = False
+                self._drop_writer(session)
+            if store._memory:
+                store._writer.release()
+        if isinstance(exc, sqlite3.Error):
+            raise store_error(exc, "a transaction", store.path) from exc
+        if isinstance(exc, UnicodeEncodeError):
+            raise ValidationError(
+                "invalid_request", f"text that cannot be stored as UTF-8: {exc}"
+            ) from exc
+
+    def _run(self, db: sqlite3.Connection, sql: str, doing: str) -> None:
+        try:
+            db.execute(sql)
+        except sqlite3.Error as error:
+            raise store_error(error, doing, self._store.path) from error
+
+
+def _quiet(db: sqlite3.Connection, sql: str) -> None:
+    """Run a rollback statement; a failure there must not hide the error being raised."""
+    with suppress(sqlite3.Error):
+        db.execute(sql)
+
+
+class SqliteTransaction(Transaction):
+    """The port's reads and writes on one connection inside an open transaction."""
+
+    __slots__ = ("_execute", "_executemany")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._execute = db.execute
+        self._executemany = db.executemany
+
+    # A string that cannot be encoded as UTF-8 (a lone surrogate) cannot be stored, so a
+    # lookup by one finds nothing, as in the memory store; writing one is refused.
+    def _one(self, sql: str, params: tuple[Any, ...]) -> Any:
+        try:
+            return self._execute(sql, params).fetchone()
+        except UnicodeEncodeError:
+            return None
+
+    def _all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        try:
+            return self._execute(sql, params).fetchall()
+        except UnicodeEncodeError:
+            return []
+
+    # runs
+    def get_run(self, run_id: str) -> Run | None:
+        row = self._one(q.GET_RUN, (run_id,))
+        return None if row is None else q.run_from_row(row)
+
+    def list_runs(
+        self, *, user_id: str | None, status: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[Run], bool] | None:
+        after = 0
+        if starting_after is not None:
+            found = self._one(q.RUN_SEQ, (starting_after,))
+            if found is None:
+                return None
+            after = found[0]
+        params: list[Any] = [after]
+        if user_id is not None:
+            params.append(user_id)
+        if status is not None:
+            params.append(str(status))
+        params.append(limit + 1)
+        sql = q.LIST_RUNS[(user_id is not None, status is not None)]
+        rows = self._all(sql, params)
+        return [q.run_from_row(row) for row in rows[:limit]], len(rows) > limit
+
+    def due_runs(self, now: float, limit: int) -> list[Run]:
+        rows = self._all(q.DUE_RUNS, (now, limit))
+        return [q.run_from_row(row) for row in rows]
+
+    def insert_run(self, run: Run) -> None:
+        self._execute(q.INSERT_RUN, q.run_params(run))
+
+    def update_run(self, run: Run) -> None:
+        cursor = self._execute(q.UPDATE_RUN, (*q.run_params(run), run.version - 1))
+        if cursor.rowcount != 1:
+            raise ConflictError("concurrent_update", f"run {run.id} was changed concurrently")
+
+    # requests
+    def get_request(self, request_id: str) -> PermissionRequest | None:
+        row = self._one(q.GET_REQUEST, (request_id,))
+        return None if row is None else q.request_from_row(row)
+
+    def list_requests(self, run_id: str, *, pending_only: bool = False) -> list[PermissionRequest]:
+        sql = q.RUN_PENDING_REQUESTS if pending_only else q.RUN_REQUESTS
+        return [q.request_from_row(row) for row in self._all(sql, (run_id,))]
+
+    def pending_requests(self, limit: int) -> list[PermissionRequest]:
+        rows = self._all(q.PENDING_REQUESTS, (limit,))
+        return [q.request_from_row(row) for row in rows]
+
+    def save_requests(self, requests: Sequence[PermissionRequest]) -> None:
+        if len(requests) == 1:
+            self._execute(q.SAVE_REQUEST, q.request_params(requests[0]))
+        elif requests:
+            self._executemany(q.SAVE_REQUEST, [q.request_params(r) for r in requests])
+
+    # policies
+    def find_policy(self, user_id: str | None, tool: str) -> PermissionPolicy | None:
+        row = self._one(q.FIND_POLICY, (q.scope(user_id), tool))
+        return None if row is None else q.policy_from_row(row)
+
+    def get_policy(self, policy_id: str) -> PermissionPolicy | None:
+        row = self._one(q.GET_POLICY, (policy_id,))
+        return None if row is None else q.policy_from_row(row)
+
+    def candidate_policies(self, user_id: str | None, tool_name: str) -> Iterator[PermissionPolicy]:
+        exact = self.find_policy(user_id, tool_name)
+        if exact is not None:
+            yield exact
+        rows = self._all(q.PATTERN_POLICIES, (q.scope(user_id),))
+        for row in rows:
+            yield q.policy_from_row(row)
+
+    def list_policies(
+        self, user_id: str | None, *, limit: int, starting_after: str | None
+    ) -> tuple[list[PermissionPolicy], bool] | None:
+        key = q.scope(user_id)
+        after = 0
+        if starting_after is not None:
+            found = self._one(q.POLICY_SEQ, (starting_after, key))
+            if found is None:
+                return None
+            after = found[0]
+        rows = self._all(q.LIST_POLICIES, (key, after, limit + 1))
+        return [q.policy_from_row(row) for row in rows[:limit]], len(rows) > limit
+
+    def insert_policy(self, policy: PermissionPolicy) -> None:
+        self._execute(q.INSERT_POLICY, q.policy_params(policy))
+
+    def delete_policy(self, policy_id: str) -> None:
+        self._execute(q.DELETE_POLICY, (policy_id,))
+
+    # tasks
+    def get_task(self, task_id: str) -> Task | None:
+        row = self._one(q.GET_TASK, (task_id,))
+        return None if row is None else q.task_from_row(row)
+
+    def insert_task(self, task: Task) -> None:
+        self._execute(q.INSERT_TASK, q.task_params(task))
+
+    # events
+    def append_events(self, events: Sequence[Event]) -> None:
+        if len(events) == 1:
+            self._execute(q.INSERT_EVENT, q.event_params(events[0]))
+        elif events:
+            self._executemany(q.INSERT_EVENT, [q.event_params(event) for event in events])
+
+    def list_events(
+        self, *, after: str | None, run_id: str | None, limit: int
+    ) -> list[Event] | None:
+        start = 0
+        if after is not None:
+            found = self._one(q.EVENT_SEQ, (after,))
+            if found is None:
+                return None
+            start = found[0]
+        if run_id is None:
+            rows = self._all(q.LIST_EVENTS, (start, limit))
+        else:
+            rows = self._all(q.LIST_RUN_EVENTS, (run_id, start, limit))
+        return [q.event_from_row(row) for row in rows]
