@@ -915,29 +915,28 @@ class HitlContract:
         assert "run.resumed" not in [e.type for e in hitl.events.list(run_id=run.id)]
 
     def test_outcome_does_not_depend_on_when_tick_runs(
-        self, connect: Callable[..., Any], store_url: str
+        self, hitl: hitl_core.Hitl, clock: ManualClock
     ) -> None:
-        clocks = [ManualClock(start=0.0), ManualClock(start=0.0)]
-        ids = [iter(range(10**6)), iter(range(10**6))]
-        engines = [
-            connect(clock=clock, ids=lambda p, it=it: f"{p}_{next(it)}")
-            for clock, it in zip(clocks, ids, strict=True)
-        ]
-        if engines[0]._store is engines[1]._store or not store_url.startswith("memory"):
-            pytest.skip("needs two independent stores")
-        for index, engine in enumerate(engines):
-            run = self.approval_run(engine, input_timeout=30.0)
-            agent = engine.agent(run.id)
-            agent.request_tool("a")
+        def scenario(ticking: bool) -> list[tuple[str, float, str]]:
+            start = clock.now()
+            run = self.approval_run(hitl, input_timeout=30.0)
+            agent = hitl.agent(run.id)
+            first = agent.request_tool("a")
             for _ in range(12):
-                clocks[index].advance(5)
-                if index == 0:
-                    engine.tick()
-            agent.request_tool("b")
-        events = [
-            [(e.type, e.created_at, e.data) for e in engine.events.list()] for engine in engines
-        ]
-        assert events[0] == events[1]
+                clock.advance(5)
+                if ticking:
+                    hitl.tick()
+            second = agent.request_tool("b")
+            for gate in (first, second):
+                hitl.runs.approve(run.id, request_id=gate.request_id)
+            return [
+                (e.type, e.created_at - start, e.data.get("kind", ""))
+                for e in hitl.events.list(run_id=run.id)
+            ]
+
+        ticked = scenario(ticking=True)
+        assert ("run.suspended", 30.0, "") in ticked
+        assert scenario(ticking=False) == ticked
 
     # -- SPEC 7: mode switch ---------------------------------------------------------------
     def test_switch_to_autonomous_allows_pending_tools_only(
