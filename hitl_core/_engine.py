@@ -16,6 +16,7 @@ from . import _validate as check
 from ._clock import Clock, SystemClock
 from ._errors import ConflictError, NotFoundError, ValidationError
 from ._logic import Context, Step
+from ._outbox import Webhooks
 from ._policy import matches
 from ._records import (
     AnswerResult,
@@ -40,7 +41,6 @@ T = TypeVar("T")
 STORE_GROUP = "hitl_core.stores"
 REMEMBER_SCOPES = ("user", "run")
 _RETRIES = 8
-_MAX_LIMIT = 100
 _MAX_EVENTS = 1000
 _TASK_OVERRIDES = frozenset(
     {"human_in_the_loop", "permission_mode", "user_id", "metadata", "input_timeout"}
@@ -91,22 +91,6 @@ def connect(
     return Hitl(open_store(url), clock or SystemClock(), remember_scope, ids or random_id)
 
 
-def _limit(value: object, maximum: int = _MAX_LIMIT) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise ValidationError("invalid_request", f"limit must be an integer from 1 to {maximum}")
-    return value
-
-
-def _cursor(value: object) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise ValidationError("invalid_cursor", f"a cursor is an id string; got {value!r}")
-    return value
-
-
-def _unknown_cursor(value: object) -> ValidationError:
-    return ValidationError("invalid_cursor", f"{value!r} names nothing in this listing")
-
-
 class Hitl:
     """An engine bound to one store and one clock. Use `connect()` to make one."""
 
@@ -122,6 +106,7 @@ class Hitl:
         self.permissions = Permissions(self)
         self.tasks = Tasks(self)
         self.events = Events(self)
+        self.webhooks = Webhooks(self)
 
     # -- public ------------------------------------------------------------------------
     def agent(self, run_id: str) -> Agent:
@@ -293,13 +278,13 @@ class Runs:
         user = check.user(user_id, "invalid_request")
         if status is not None and status not in RunStatus.__members__.values():
             raise ValidationError("invalid_request", f"unknown run status {status!r}")
-        count = _limit(limit)
-        cursor = _cursor(starting_after)
+        count = check.limit(limit)
+        cursor = check.cursor(starting_after)
 
         def work(tx: Transaction, ctx: Context) -> Page[Run]:
             found = tx.list_runs(user_id=user, status=status, limit=count, starting_after=cursor)
             if found is None:
-                raise _unknown_cursor(cursor)
+                raise check.unknown_cursor(cursor)
             runs, more = found
             return Page(data=runs, has_more=more, next_starting_after=runs[-1].id if more else None)
 
@@ -627,13 +612,13 @@ class Permissions:
     ) -> Page[PermissionPolicy]:
         """A page of the scope's policies, oldest first."""
         user = check.user(user_id, "invalid_request")
-        count = _limit(limit)
-        cursor = _cursor(starting_after)
+        count = check.limit(limit)
+        cursor = check.cursor(starting_after)
 
         def work(tx: Transaction, ctx: Context) -> Page[PermissionPolicy]:
             found = tx.list_policies(user, limit=count, starting_after=cursor)
             if found is None:
-                raise _unknown_cursor(cursor)
+                raise check.unknown_cursor(cursor)
             policies, more = found
             last = policies[-1].id if more else None
             return Page(data=policies, has_more=more, next_starting_after=last)
@@ -741,15 +726,15 @@ class Events:
         self, *, after: str | None = None, run_id: str | None = None, limit: int = 100
     ) -> list[Event]:
         """Events recorded after the event `after`, in order, optionally of one run."""
-        cursor = _cursor(after)
-        count = _limit(limit, _MAX_EVENTS)
+        cursor = check.cursor(after)
+        count = check.limit(limit, _MAX_EVENTS)
         if run_id is not None and not isinstance(run_id, str):
             raise ValidationError("invalid_request", "run_id must be a string or None")
 
         def work(tx: Transaction, ctx: Context) -> list[Event]:
             events = tx.list_events(after=cursor, run_id=run_id, limit=count)
             if events is None:
-                raise _unknown_cursor(cursor)
+                raise check.unknown_cursor(cursor)
             return events
 
         return self._engine._read(work)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -26,6 +27,8 @@ __all__ = [
     "RunStatus",
     "Task",
     "ToolGate",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "json_copy",
 ]
 
@@ -265,6 +268,52 @@ class ApproveResult:
     request: PermissionRequest
     resumed: bool
     remembered: bool
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+@attrs.frozen(kw_only=True)
+class WebhookEndpoint:
+    """A registered receiver of signed events. `secret` is whole only in what
+    `webhooks.create` and a rotating `webhooks.update` return; elsewhere it is masked."""
+
+    id: str
+    url: str
+    events: tuple[str, ...] = attrs.field(converter=_strings)
+    secret: str = attrs.field(repr=False)
+    active: bool
+    created_at: float
+    updated_at: float
+
+    def masked(self) -> WebhookEndpoint:
+        """This endpoint with its secret cut to the first 4 characters and "..."."""
+        return attrs.evolve(self, secret=self.secret[:4] + "...")
+
+
+@attrs.frozen(kw_only=True)
+class WebhookDelivery:
+    """One event on its way to one endpoint, and what happened on each attempt.
+
+    `status` is "pending" (waiting for its first or next attempt, or being sent),
+    "delivered" (a 2xx answer) or "failed" (attempts ran out, or the endpoint was
+    deactivated). `payload` is the exact JSON body that is sent and signed."""
+
+    id: str
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    run_id: str
+    payload: str = attrs.field(repr=False)
+    status: str
+    attempts: int = 0
+    response_status_code: int | None = None
+    response_body: str | None = None
+    error: str | None = None
+    next_retry_at: float | None = None
+    created_at: float
+    updated_at: float
 
 
 T = TypeVar("T")

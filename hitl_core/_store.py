@@ -10,7 +10,15 @@ import abc
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 
-from ._records import Event, PermissionPolicy, PermissionRequest, Run, Task
+from ._records import (
+    Event,
+    PermissionPolicy,
+    PermissionRequest,
+    Run,
+    Task,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 __all__ = ["Store", "Transaction"]
 
@@ -112,6 +120,60 @@ class Transaction(abc.ABC):
     ) -> list[Event] | None:
         """Up to `limit` events recorded after the event `after` (None: from the first),
         optionally of one run, in recording order. None when `after` names no event."""
+
+    @abc.abstractmethod
+    def last_event_id(self) -> str | None:
+        """The id of the newest event, or None when there is none."""
+
+    # webhooks
+    @abc.abstractmethod
+    def get_cursor(self, name: str) -> str | None:
+        """A named position in the event log (the webhook outbox's), or None."""
+
+    @abc.abstractmethod
+    def set_cursor(self, name: str, event_id: str) -> None:
+        """Store a named position in the event log."""
+
+    @abc.abstractmethod
+    def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        """The webhook endpoint with this id (secret whole), or None."""
+
+    @abc.abstractmethod
+    def list_endpoints(
+        self, *, limit: int, starting_after: str | None
+    ) -> tuple[list[WebhookEndpoint], bool] | None:
+        """A page of endpoints, oldest first (None: unknown cursor)."""
+
+    @abc.abstractmethod
+    def insert_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Store a new endpoint."""
+
+    @abc.abstractmethod
+    def update_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Replace a stored endpoint."""
+
+    @abc.abstractmethod
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        """Remove an endpoint and every delivery to it."""
+
+    @abc.abstractmethod
+    def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        """The delivery with this id, or None."""
+
+    @abc.abstractmethod
+    def save_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
+        """Insert new deliveries or replace stored ones with the same id."""
+
+    @abc.abstractmethod
+    def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+        """Up to `limit` pending deliveries with next_retry_at <= now, earliest first."""
+
+    @abc.abstractmethod
+    def list_deliveries(
+        self, endpoint_id: str, *, status: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[WebhookDelivery], bool] | None:
+        """A page of one endpoint's deliveries (optionally of one status), oldest first
+        (None: unknown cursor)."""
 
 
 class Store(abc.ABC):

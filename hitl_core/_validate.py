@@ -24,6 +24,25 @@ DEFAULT_INPUT_TIMEOUT = 75.0
 MAX_QUESTIONS = 4
 
 
+def limit(value: object, maximum: int = 100) -> int:
+    """A page size from 1 to `maximum`, or 422 invalid_request."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise ValidationError("invalid_request", f"limit must be an integer from 1 to {maximum}")
+    return value
+
+
+def cursor(value: object) -> str | None:
+    """None or an id string to page after (422 invalid_cursor otherwise)."""
+    if value is not None and not isinstance(value, str):
+        raise ValidationError("invalid_cursor", f"a cursor is an id string; got {value!r}")
+    return value
+
+
+def unknown_cursor(value: object) -> ValidationError:
+    """The error for a cursor that names nothing in the listing."""
+    return ValidationError("invalid_cursor", f"{value!r} names nothing in this listing")
+
+
 def mode(value: object) -> str:
     """A valid permission mode, or 422 invalid_permission_mode."""
     if not isinstance(value, str) or value not in MODES:

@@ -3,6 +3,7 @@ so a transaction that raises leaves everything as it was. Thread-safe, not durab
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import threading
@@ -11,7 +12,15 @@ from contextlib import contextmanager
 
 from hitl_core import ConflictError, ValidationError
 from hitl_core._policy import is_pattern
-from hitl_core._records import Event, PermissionPolicy, PermissionRequest, Run, Task
+from hitl_core._records import (
+    Event,
+    PermissionPolicy,
+    PermissionRequest,
+    Run,
+    Task,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from hitl_core._store import Store, Transaction
 
 __all__ = ["MemoryStore", "open_store"]
@@ -58,6 +67,10 @@ class MemoryStore(Store, Transaction):
         self._events: list[Event] = []
         self._event_index: dict[str, int] = {}
         self._run_events: dict[str, list[int]] = {}
+        self._cursors: dict[str, str] = {}
+        self._endpoints: dict[str, WebhookEndpoint] = {}
+        self._deliveries: dict[str, WebhookDelivery] = {}
+        self._pending_deliveries: dict[str, None] = {}
 
     # -- Store -------------------------------------------------------------------
     @contextmanager
@@ -262,3 +275,98 @@ class MemoryStore(Store, Transaction):
         positions = self._run_events.get(run_id, [])
         first = next((i for i, pos in enumerate(positions) if pos >= start), len(positions))
         return [self._events[pos] for pos in positions[first : first + limit]]
+
+    def last_event_id(self) -> str | None:
+        return self._events[-1].id if self._events else None
+
+    # -- webhooks ----------------------------------------------------------------
+    def get_cursor(self, name: str) -> str | None:
+        return self._cursors.get(name)
+
+    def set_cursor(self, name: str, event_id: str) -> None:
+        old = self._cursors.get(name)
+        self._cursors[name] = event_id
+
+        def undo() -> None:
+            if old is None:
+                del self._cursors[name]
+            else:
+                self._cursors[name] = old
+
+        self._log(undo)
+
+    def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        return self._endpoints.get(endpoint_id)
+
+    def list_endpoints(
+        self, *, limit: int, starting_after: str | None
+    ) -> tuple[list[WebhookEndpoint], bool] | None:
+        found = _page(list(self._endpoints), starting_after, limit)
+        if found is None:
+            return None
+        ids, more = found
+        return [self._endpoints[endpoint_id] for endpoint_id in ids], more
+
+    def insert_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        self._endpoints[endpoint.id] = endpoint
+        self._log(lambda: self._endpoints.__delitem__(endpoint.id))
+
+    def update_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        old = self._endpoints[endpoint.id]
+        self._endpoints[endpoint.id] = endpoint
+        self._log(lambda: self._endpoints.__setitem__(endpoint.id, old))
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        snapshot = (dict(self._endpoints), dict(self._deliveries), dict(self._pending_deliveries))
+        del self._endpoints[endpoint_id]
+        for delivery in [d for d in self._deliveries.values() if d.endpoint_id == endpoint_id]:
+            del self._deliveries[delivery.id]
+            self._pending_deliveries.pop(delivery.id, None)
+
+        def undo() -> None:
+            self._endpoints, self._deliveries, self._pending_deliveries = snapshot
+
+        self._log(undo)
+
+    def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        return self._deliveries.get(delivery_id)
+
+    def save_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
+        for delivery in deliveries:
+            old = self._deliveries.get(delivery.id)
+            self._deliveries[delivery.id] = delivery
+            if delivery.status == "pending":
+                self._pending_deliveries[delivery.id] = None
+            else:
+                self._pending_deliveries.pop(delivery.id, None)
+            self._log(functools.partial(self._restore_delivery, delivery.id, old))
+
+    def _restore_delivery(self, delivery_id: str, old: WebhookDelivery | None) -> None:
+        if old is None:
+            del self._deliveries[delivery_id]
+            self._pending_deliveries.pop(delivery_id, None)
+            return
+        self._deliveries[delivery_id] = old
+        if old.status == "pending":
+            self._pending_deliveries[delivery_id] = None
+
+    def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+        due = [
+            self._deliveries[delivery_id]
+            for delivery_id in self._pending_deliveries
+            if (self._deliveries[delivery_id].next_retry_at or 0.0) <= now
+        ]
+        due.sort(key=lambda d: d.next_retry_at or 0.0)  # stable: ties keep insertion order
+        return due[:limit]
+
+    def list_deliveries(
+        self, endpoint_id: str, *, status: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[WebhookDelivery], bool] | None:
+        deliveries = [d for d in self._deliveries.values() if d.endpoint_id == endpoint_id]
+        if starting_after is not None:
+            ids = [d.id for d in deliveries]
+            if starting_after not in ids:
+                return None
+            deliveries = deliveries[ids.index(starting_after) + 1 :]
+        chosen = [d for d in deliveries if status is None or d.status == status]
+        return chosen[:limit], len(chosen) > limit

@@ -1,0 +1,357 @@
+"""Webhook endpoints and the delivery outbox (`hitl.webhooks`): registering receivers,
+fanning recorded events out into deliveries, and the claim/record protocol a delivery
+worker (`hitl_webhooks.Dispatcher`) follows. No HTTP here: the worker sends."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import secrets
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from . import _validate as check
+from ._errors import NotFoundError, ValidationError
+from ._logic import Context
+from ._records import Event, Page, WebhookDelivery, WebhookEndpoint
+from ._store import Transaction
+from .webhooks import DEFAULT_EVENTS, EVENT_TYPES, signed_headers
+
+if TYPE_CHECKING:
+    from ._engine import Hitl
+
+__all__ = ["Outgoing", "Webhooks"]
+
+CURSOR = "webhooks"
+MAX_ATTEMPTS = 3
+BACKOFF = (2.0, 4.0)
+_BODY_LIMIT = 1000
+_MAX_URL = 2048
+
+
+@attrs.frozen(kw_only=True)
+class Outgoing:
+    """One claimed delivery, ready to POST: `body` with `headers` to `url`."""
+
+    delivery: WebhookDelivery
+    url: str
+    headers: dict[str, str]
+    body: str
+
+
+def _url(value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > _MAX_URL or value != value.strip():
+        raise ValidationError("invalid_url", f"a webhook URL is an http(s) URL; got {value!r}")
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValidationError("invalid_url", f"a webhook URL is an http(s) URL; got {value!r}")
+    if any(ch.isspace() for ch in value) or parts.username or parts.password:
+        raise ValidationError("invalid_url", "a webhook URL has no spaces and no credentials")
+    return value
+
+
+def _events(value: object) -> tuple[str, ...]:
+    if value is None:
+        return DEFAULT_EVENTS
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValidationError("invalid_event_type", "events must be a list of event type names")
+    unknown = [v for v in value if v not in EVENT_TYPES]
+    if unknown:
+        raise ValidationError(
+            "invalid_event_type",
+            f"unknown event type {unknown[0]!r}; known: {', '.join(EVENT_TYPES)}",
+        )
+    return tuple(dict.fromkeys(value))
+
+
+def payload(event: Event) -> str:
+    """The JSON body sent for an event (compact, keys sorted)."""
+    body = {
+        "id": event.id,
+        "event": event.type,
+        "run_id": event.run_id,
+        "created_at": event.created_at,
+        "data": event.data,
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+def _endpoint(tx: Transaction, endpoint_id: object) -> WebhookEndpoint:
+    found = tx.get_endpoint(endpoint_id) if isinstance(endpoint_id, str) else None
+    if found is None:
+        raise NotFoundError("webhook_not_found", f"no webhook endpoint {endpoint_id!r}")
+    return found
+
+
+def _all_endpoints(tx: Transaction) -> list[WebhookEndpoint]:
+    endpoints: list[WebhookEndpoint] = []
+    while True:
+        found = tx.list_endpoints(
+            limit=1000, starting_after=endpoints[-1].id if endpoints else None
+        )
+        assert found is not None
+        batch, more = found
+        endpoints.extend(batch)
+        if not more:
+            return endpoints
+
+
+def _fail_pending(tx: Transaction, ctx: Context, endpoint_id: str, why: str) -> None:
+    while True:
+        found = tx.list_deliveries(endpoint_id, status="pending", limit=1000, starting_after=None)
+        assert found is not None
+        batch, _ = found
+        if not batch:
+            return
+        tx.save_deliveries(
+            [
+                attrs.evolve(d, status="failed", error=why, next_retry_at=None, updated_at=ctx.now)
+                for d in batch
+            ]
+        )
+
+
+class Webhooks:
+    """Webhook endpoints (create, get, list, update, delete, list_deliveries) and the
+    outbox protocol a delivery worker uses (enqueue, claim, record)."""
+
+    def __init__(self, engine: Hitl) -> None:
+        self._engine = engine
+
+    def create(self, *, url: str, events: Sequence[str] | None = None) -> WebhookEndpoint:
+        """Register an endpoint; the returned record is the only one with the whole secret.
+        `events` defaults to run.completed, run.failed and run.cancelled; [] is allowed."""
+        target = _url(url)
+        wanted = _events(events)
+
+        def work(tx: Transaction, ctx: Context) -> WebhookEndpoint:
+            if tx.get_cursor(CURSOR) is None:  # start the outbox at the present
+                last = tx.last_event_id()
+                if last is not None:
+                    tx.set_cursor(CURSOR, last)
+            endpoint = WebhookEndpoint(
+                id=ctx.new_id("whk"),
+                url=target,
+                events=wanted,
+                secret=secrets.token_hex(32),
+                active=True,
+                created_at=ctx.now,
+                updated_at=ctx.now,
+            )
+            tx.insert_endpoint(endpoint)
+            return endpoint
+
+        return self._engine._write(work)
+
+    def get(self, endpoint_id: str) -> WebhookEndpoint:
+        """The endpoint, secret masked (404 webhook_not_found)."""
+        return self._engine._read(lambda tx, ctx: _endpoint(tx, endpoint_id).masked())
+
+    def list(self, *, limit: int = 20, starting_after: str | None = None) -> Page[WebhookEndpoint]:
+        """A page of endpoints, oldest first, secrets masked."""
+        count, cursor = check.limit(limit), check.cursor(starting_after)
+
+        def work(tx: Transaction, ctx: Context) -> Page[WebhookEndpoint]:
+            found = tx.list_endpoints(limit=count, starting_after=cursor)
+            if found is None:
+                raise check.unknown_cursor(cursor)
+            endpoints, more = found
+            return Page(
+                data=[e.masked() for e in endpoints],
+                has_more=more,
+                next_starting_after=endpoints[-1].id if more else None,
+            )
+
+        return self._engine._read(work)
+
+    def update(
+        self,
+        endpoint_id: str,
+        *,
+        url: str | None = None,
+        events: Sequence[str] | None = None,
+        active: bool | None = None,
+        rotate_secret: bool = False,
+    ) -> WebhookEndpoint:
+        """Change an endpoint. Deactivating it fails its pending deliveries; with
+        `rotate_secret=True` the returned record carries the new secret whole."""
+        changes: dict[str, Any] = {}
+        if url is not None:
+            changes["url"] = _url(url)
+        if events is not None:
+            changes["events"] = _events(events)
+        if active is not None:
+            if not isinstance(active, bool):
+                raise ValidationError("invalid_request", "active must be True or False")
+            changes["active"] = active
+        if not isinstance(rotate_secret, bool):
+            raise ValidationError("invalid_request", "rotate_secret must be True or False")
+
+        def work(tx: Transaction, ctx: Context) -> WebhookEndpoint:
+            endpoint = _endpoint(tx, endpoint_id)
+            if rotate_secret:
+                changes["secret"] = secrets.token_hex(32)
+            updated = attrs.evolve(endpoint, updated_at=ctx.now, **changes)
+            tx.update_endpoint(updated)
+            if endpoint.active and not updated.active:
+                _fail_pending(tx, ctx, endpoint.id, "endpoint deactivated")
+            return updated if rotate_secret else updated.masked()
+
+        return self._engine._write(work)
+
+    def delete(self, endpoint_id: str) -> None:
+        """Remove an endpoint and its delivery log (404 webhook_not_found)."""
+
+        def work(tx: Transaction, ctx: Context) -> None:
+            tx.delete_endpoint(_endpoint(tx, endpoint_id).id)
+
+        self._engine._write(work)
+
+    def list_deliveries(
+        self,
+        endpoint_id: str,
+        *,
+        status: str | None = None,
+        limit: int = 20,
+        starting_after: str | None = None,
+    ) -> Page[WebhookDelivery]:
+        """The endpoint's delivery log, oldest first, optionally of one status."""
+        if status not in (None, "pending", "delivered", "failed"):
+            raise ValidationError("invalid_request", f"unknown delivery status {status!r}")
+        count, cursor = check.limit(limit), check.cursor(starting_after)
+
+        def work(tx: Transaction, ctx: Context) -> Page[WebhookDelivery]:
+            endpoint = _endpoint(tx, endpoint_id)
+            found = tx.list_deliveries(
+                endpoint.id, status=status, limit=count, starting_after=cursor
+            )
+            if found is None:
+                raise check.unknown_cursor(cursor)
+            deliveries, more = found
+            return Page(
+                data=deliveries,
+                has_more=more,
+                next_starting_after=deliveries[-1].id if more else None,
+            )
+
+        return self._engine._read(work)
+
+    # -- the outbox protocol -----------------------------------------------------------
+    def enqueue(self, limit: int = 1000) -> int:
+        """Turn events recorded since the last call into pending deliveries for every
+        active endpoint subscribed to their type; return how many were made."""
+
+        def work(tx: Transaction, ctx: Context) -> int:
+            cursor = tx.get_cursor(CURSOR)
+            events = tx.list_events(after=cursor, run_id=None, limit=limit)
+            if not events:
+                return 0
+            endpoints = [e for e in _all_endpoints(tx) if e.active and e.events]
+            made = [
+                WebhookDelivery(
+                    id=ctx.new_id("dlv"),
+                    endpoint_id=endpoint.id,
+                    event_id=event.id,
+                    event_type=event.type,
+                    run_id=event.run_id,
+                    payload=payload(event),
+                    status="pending",
+                    next_retry_at=ctx.now,
+                    created_at=ctx.now,
+                    updated_at=ctx.now,
+                )
+                for event in events
+                for endpoint in endpoints
+                if event.type in endpoint.events
+            ]
+            tx.save_deliveries(made)
+            tx.set_cursor(CURSOR, events[-1].id)
+            return len(made)
+
+        return self._engine._write(work)
+
+    def claim(self, *, limit: int = 10, lease_seconds: float = 60.0) -> builtins.list[Outgoing]:
+        """Take up to `limit` due deliveries for sending: each counts an attempt and is
+        held for `lease_seconds` (if the worker dies, it is due again after that)."""
+        if (
+            not isinstance(lease_seconds, (int, float))
+            or not math.isfinite(lease_seconds)
+            or (lease_seconds <= 0)
+        ):
+            raise ValidationError("invalid_request", "lease_seconds must be > 0")
+
+        def work(tx: Transaction, ctx: Context) -> builtins.list[Outgoing]:
+            claimed: builtins.list[Outgoing] = []
+            for delivery in tx.due_deliveries(ctx.now, limit):
+                endpoint = tx.get_endpoint(delivery.endpoint_id)
+                if endpoint is None or not endpoint.active:
+                    continue  # deactivation already failed it; deletion removed it
+                leased = attrs.evolve(
+                    delivery,
+                    attempts=delivery.attempts + 1,
+                    next_retry_at=ctx.now + lease_seconds,
+                    updated_at=ctx.now,
+                )
+                tx.save_deliveries([leased])
+                headers = signed_headers(
+                    endpoint.secret, delivery.event_id, math.floor(ctx.now), delivery.payload
+                )
+                headers["Content-Type"] = "application/json"
+                claimed.append(
+                    Outgoing(
+                        delivery=leased, url=endpoint.url, headers=headers, body=leased.payload
+                    )
+                )
+            return claimed
+
+        return self._engine._write(work)
+
+    def record(
+        self,
+        delivery_id: str,
+        *,
+        attempt: int,
+        status_code: int | None = None,
+        response_body: str | None = None,
+        error: str | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+        backoff: Sequence[float] = BACKOFF,
+    ) -> WebhookDelivery:
+        """Record how attempt number `attempt` went: a 2xx `status_code` delivers;
+        anything else is retried after backoff[attempt - 1] seconds (the last value
+        repeats) until `max_attempts`, then the delivery has failed. An outcome for an
+        attempt that is no longer the current one changes nothing."""
+
+        def work(tx: Transaction, ctx: Context) -> WebhookDelivery:
+            delivery = tx.get_delivery(delivery_id) if isinstance(delivery_id, str) else None
+            if delivery is None:
+                raise NotFoundError("delivery_not_found", f"no delivery {delivery_id!r}")
+            if delivery.status != "pending" or delivery.attempts != attempt:
+                return delivery
+            body = None if response_body is None else response_body[:_BODY_LIMIT]
+            outcome: dict[str, Any] = {
+                "response_status_code": status_code,
+                "response_body": body,
+                "error": error,
+                "updated_at": ctx.now,
+            }
+            if status_code is not None and 200 <= status_code < 300:
+                outcome.update(status="delivered", next_retry_at=None, error=None)
+            elif delivery.attempts >= max_attempts:
+                outcome.update(status="failed", next_retry_at=None)
+            else:
+                wait = backoff[min(delivery.attempts, len(backoff)) - 1] if backoff else 0.0
+                outcome.update(next_retry_at=ctx.now + wait)
+            recorded = attrs.evolve(delivery, **outcome)
+            tx.save_deliveries([recorded])
+            return recorded
+
+        return self._engine._write(work)
