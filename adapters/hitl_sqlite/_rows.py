@@ -7,9 +7,21 @@ import json
 from typing import Any
 
 from hitl_core._policy import is_pattern
-from hitl_core._records import Event, PermissionPolicy, PermissionRequest, Run, Task
+from hitl_core._records import (
+    Event,
+    PermissionPolicy,
+    PermissionRequest,
+    Run,
+    Task,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 __all__ = [
+    "delivery_from_row",
+    "delivery_params",
+    "endpoint_from_row",
+    "endpoint_params",
     "event_from_row",
     "event_params",
     "policy_from_row",
@@ -23,8 +35,10 @@ __all__ = [
     "task_params",
 ]
 
-# ensure_ascii stays on: a lone surrogate in a string survives as a \\ud800 escape.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+# ensure_ascii off: text is stored as UTF-8, so a string that has no UTF-8 form (one
+# holding surrogates) is refused here as in plain columns, never silently altered
+# (JSON would merge an escaped surrogate pair into one character).
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _decode = json.loads
 _EMPTY = "[]"
 
@@ -174,7 +188,8 @@ RUN_PENDING_REQUESTS = (
     f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE run_id = ? AND status = 'pending' ORDER BY seq"
 )
 PENDING_REQUESTS = (
-    f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE status = 'pending' ORDER BY seq LIMIT ?"
+    f"SELECT {_REQUEST_COLUMNS} FROM requests INDEXED BY requests_pending "
+    "WHERE status = 'pending' ORDER BY seq LIMIT ?"
 )
 
 
@@ -296,6 +311,7 @@ def task_from_row(row: Row) -> Task:
 _EVENT_COLUMNS = "id, type, run_id, created_at, data"
 INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 EVENT_SEQ = "SELECT seq FROM events WHERE id = ?"
+LAST_EVENT_ID = "SELECT id FROM events ORDER BY seq DESC LIMIT 1"
 LIST_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
 LIST_RUN_EVENTS = (
     f"SELECT {_EVENT_COLUMNS} FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
@@ -310,3 +326,126 @@ def event_params(event: Event) -> tuple[Any, ...]:
 def event_from_row(row: Row) -> Event:
     """An Event from a row of `_EVENT_COLUMNS`."""
     return Event(id=row[0], type=row[1], run_id=row[2], created_at=row[3], data=_decode(row[4]))
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+GET_CURSOR = "SELECT event_id FROM webhook_cursors WHERE name = ?"
+SET_CURSOR = (
+    "INSERT INTO webhook_cursors (name, event_id) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET event_id = excluded.event_id"
+)
+
+_ENDPOINT_COLUMNS = "id, url, events, secret, active, created_at, updated_at"
+INSERT_ENDPOINT = (
+    f"INSERT INTO webhook_endpoints ({_ENDPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+UPDATE_ENDPOINT = (
+    "UPDATE webhook_endpoints SET url = ?2, events = ?3, secret = ?4, active = ?5, "
+    "created_at = ?6, updated_at = ?7 WHERE id = ?1"
+)
+GET_ENDPOINT = f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ?"
+ENDPOINT_SEQ = "SELECT seq FROM webhook_endpoints WHERE id = ?"
+LIST_ENDPOINTS = (
+    f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+DELETE_ENDPOINT = "DELETE FROM webhook_endpoints WHERE id = ?"
+DELETE_ENDPOINT_DELIVERIES = "DELETE FROM webhook_deliveries WHERE endpoint_id = ?"
+
+
+def endpoint_params(endpoint: WebhookEndpoint) -> tuple[Any, ...]:
+    """The parameters of INSERT_ENDPOINT and UPDATE_ENDPOINT."""
+    return (
+        endpoint.id,
+        endpoint.url,
+        _encode(list(endpoint.events)),
+        endpoint.secret,
+        endpoint.active,
+        endpoint.created_at,
+        endpoint.updated_at,
+    )
+
+
+def endpoint_from_row(row: Row) -> WebhookEndpoint:
+    """A WebhookEndpoint from a row of `_ENDPOINT_COLUMNS`."""
+    return WebhookEndpoint(
+        id=row[0],
+        url=row[1],
+        events=_decode(row[2]),
+        secret=row[3],
+        active=bool(row[4]),
+        created_at=row[5],
+        updated_at=row[6],
+    )
+
+
+_DELIVERY_COLUMNS = (
+    "id, endpoint_id, event_id, event_type, run_id, payload, status, attempts, "
+    "response_status_code, response_body, error, next_retry_at, created_at, updated_at"
+)
+SAVE_DELIVERY = (
+    f"INSERT INTO webhook_deliveries ({_DELIVERY_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET endpoint_id = excluded.endpoint_id, "
+    "event_id = excluded.event_id, event_type = excluded.event_type, "
+    "run_id = excluded.run_id, payload = excluded.payload, status = excluded.status, "
+    "attempts = excluded.attempts, response_status_code = excluded.response_status_code, "
+    "response_body = excluded.response_body, error = excluded.error, "
+    "next_retry_at = excluded.next_retry_at, created_at = excluded.created_at, "
+    "updated_at = excluded.updated_at"
+)
+GET_DELIVERY = f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = ?"
+DUE_DELIVERIES = (
+    f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries "
+    "WHERE status = 'pending' AND ifnull(next_retry_at, 0.0) <= ? "
+    "ORDER BY ifnull(next_retry_at, 0.0), seq LIMIT ?"
+)
+DELIVERY_SEQ = "SELECT seq FROM webhook_deliveries WHERE id = ? AND endpoint_id = ?"
+LIST_DELIVERIES = (
+    f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries "
+    "WHERE endpoint_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+LIST_DELIVERIES_OF_STATUS = (
+    f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries "
+    "WHERE endpoint_id = ? AND seq > ? AND status = ? ORDER BY seq LIMIT ?"
+)
+
+
+def delivery_params(delivery: WebhookDelivery) -> tuple[Any, ...]:
+    """The parameters of SAVE_DELIVERY."""
+    return (
+        delivery.id,
+        delivery.endpoint_id,
+        delivery.event_id,
+        delivery.event_type,
+        delivery.run_id,
+        delivery.payload,
+        delivery.status,
+        delivery.attempts,
+        delivery.response_status_code,
+        delivery.response_body,
+        delivery.error,
+        delivery.next_retry_at,
+        delivery.created_at,
+        delivery.updated_at,
+    )
+
+
+def delivery_from_row(row: Row) -> WebhookDelivery:
+    """A WebhookDelivery from a row of `_DELIVERY_COLUMNS`."""
+    return WebhookDelivery(
+        id=row[0],
+        endpoint_id=row[1],
+        event_id=row[2],
+        event_type=row[3],
+        run_id=row[4],
+        payload=row[5],
+        status=row[6],
+        attempts=row[7],
+        response_status_code=row[8],
+        response_body=row[9],
+        error=row[10],
+        next_retry_at=row[11],
+        created_at=row[12],
+        updated_at=row[13],
+    )

@@ -74,7 +74,9 @@ SCHEMA: tuple[str, ...] = (
         source      TEXT
     )""",
     "CREATE INDEX requests_by_run ON requests (run_id, seq)",
-    "CREATE INDEX requests_pending ON requests (seq) WHERE status = 'pending'",
+    # Only pending requests are in this index: a run's pending ones are found without
+    # reading its resolved history, and pending_requests sorts this small set by seq.
+    "CREATE INDEX requests_pending ON requests (run_id, seq) WHERE status = 'pending'",
     # scope is the user id, or '' for the account scope (user ids are non-empty), so the
     # UNIQUE index also holds for the account scope (NULLs would all be distinct).
     """CREATE TABLE policies (
@@ -107,6 +109,42 @@ SCHEMA: tuple[str, ...] = (
         data       TEXT NOT NULL
     )""",
     "CREATE INDEX events_by_run ON events (run_id, seq)",
+    # webhooks: named positions in the event log, endpoints, and the delivery outbox
+    """CREATE TABLE webhook_cursors (
+        name     TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE webhook_endpoints (
+        seq        INTEGER PRIMARY KEY,
+        id         TEXT NOT NULL UNIQUE,
+        url        TEXT NOT NULL,
+        events     TEXT NOT NULL,
+        secret     TEXT NOT NULL,
+        active     INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    """CREATE TABLE webhook_deliveries (
+        seq                  INTEGER PRIMARY KEY,
+        id                   TEXT NOT NULL UNIQUE,
+        endpoint_id          TEXT NOT NULL,
+        event_id             TEXT NOT NULL,
+        event_type           TEXT NOT NULL,
+        run_id               TEXT NOT NULL,
+        payload              TEXT NOT NULL,
+        status               TEXT NOT NULL,
+        attempts             INTEGER NOT NULL,
+        response_status_code INTEGER,
+        response_body        TEXT,
+        error                TEXT,
+        next_retry_at        REAL,
+        created_at           REAL NOT NULL,
+        updated_at           REAL NOT NULL
+    )""",
+    "CREATE INDEX deliveries_by_endpoint ON webhook_deliveries (endpoint_id, seq)",
+    # due_deliveries: pending ones only, a missing retry time counting as 0.
+    "CREATE INDEX deliveries_due ON webhook_deliveries (ifnull(next_retry_at, 0.0), seq) "
+    "WHERE status = 'pending'",
 )
 
 _TABLES_SQL = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"

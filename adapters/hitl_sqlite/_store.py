@@ -16,7 +16,15 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from hitl_core import ConflictError, HitlError, StoreError, ValidationError
-from hitl_core._records import Event, PermissionPolicy, PermissionRequest, Run, Task
+from hitl_core._records import (
+    Event,
+    PermissionPolicy,
+    PermissionRequest,
+    Run,
+    Task,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from hitl_core._store import Store, Transaction
 
 from . import _rows as q
@@ -574,3 +582,69 @@ class SqliteTransaction(Transaction):
         else:
             rows = self._all(q.LIST_RUN_EVENTS, (run_id, start, limit))
         return [q.event_from_row(row) for row in rows]
+
+    def last_event_id(self) -> str | None:
+        row = self._one(q.LAST_EVENT_ID, ())
+        return None if row is None else str(row[0])
+
+    # webhooks
+    def get_cursor(self, name: str) -> str | None:
+        row = self._one(q.GET_CURSOR, (name,))
+        return None if row is None else str(row[0])
+
+    def set_cursor(self, name: str, event_id: str) -> None:
+        self._execute(q.SET_CURSOR, (name, event_id))
+
+    def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        row = self._one(q.GET_ENDPOINT, (endpoint_id,))
+        return None if row is None else q.endpoint_from_row(row)
+
+    def list_endpoints(
+        self, *, limit: int, starting_after: str | None
+    ) -> tuple[list[WebhookEndpoint], bool] | None:
+        after = 0
+        if starting_after is not None:
+            found = self._one(q.ENDPOINT_SEQ, (starting_after,))
+            if found is None:
+                return None
+            after = found[0]
+        rows = self._all(q.LIST_ENDPOINTS, (after, limit + 1))
+        return [q.endpoint_from_row(row) for row in rows[:limit]], len(rows) > limit
+
+    def insert_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        self._execute(q.INSERT_ENDPOINT, q.endpoint_params(endpoint))
+
+    def update_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        self._execute(q.UPDATE_ENDPOINT, q.endpoint_params(endpoint))
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        self._execute(q.DELETE_ENDPOINT_DELIVERIES, (endpoint_id,))
+        self._execute(q.DELETE_ENDPOINT, (endpoint_id,))
+
+    def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        row = self._one(q.GET_DELIVERY, (delivery_id,))
+        return None if row is None else q.delivery_from_row(row)
+
+    def save_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
+        if len(deliveries) == 1:
+            self._execute(q.SAVE_DELIVERY, q.delivery_params(deliveries[0]))
+        elif deliveries:
+            self._executemany(q.SAVE_DELIVERY, [q.delivery_params(d) for d in deliveries])
+
+    def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+        return [q.delivery_from_row(row) for row in self._all(q.DUE_DELIVERIES, (now, limit))]
+
+    def list_deliveries(
+        self, endpoint_id: str, *, status: str | None, limit: int, starting_after: str | None
+    ) -> tuple[list[WebhookDelivery], bool] | None:
+        after = 0
+        if starting_after is not None:
+            found = self._one(q.DELIVERY_SEQ, (starting_after, endpoint_id))
+            if found is None:
+                return None
+            after = found[0]
+        if status is None:
+            rows = self._all(q.LIST_DELIVERIES, (endpoint_id, after, limit + 1))
+        else:
+            rows = self._all(q.LIST_DELIVERIES_OF_STATUS, (endpoint_id, after, status, limit + 1))
+        return [q.delivery_from_row(row) for row in rows[:limit]], len(rows) > limit
