@@ -144,9 +144,15 @@ class MemoryStore(Store, Transaction):
         if old is None or old.version != run.version - 1:
             raise ConflictError("concurrent_update", f"run {run.id} was changed concurrently")
         self._runs[run.id] = run
-        self._log(lambda: self._runs.__setitem__(run.id, old))
         if run.deadline != old.deadline:
             self._watch_deadline(run)
+
+        def undo() -> None:
+            self._runs[run.id] = old
+            # due_runs may have dropped the old deadline's heap entry as stale meanwhile
+            self._watch_deadline(old)
+
+        self._log(undo)
 
     def _watch_deadline(self, run: Run) -> None:
         if run.deadline is not None:

@@ -905,6 +905,19 @@ class HitlContract:
         clock.advance(1)
         assert [e.created_at for e in hitl.tick()] == [START + 35]
 
+    def test_a_refused_call_after_a_deadline_does_not_lose_it(
+        self, hitl: hitl_core.Hitl, clock: ManualClock
+    ) -> None:
+        run = self.approval_run(hitl, input_timeout=10.0)
+        gate = hitl.agent(run.id).request_tool("a")
+        clock.advance(20)
+        with pytest.raises(ValidationError):  # applies the deadline, then is refused
+            hitl.runs.approve(run.id, request_id=gate.request_id, decision="maybe")
+        assert hitl.runs.get(run.id).suspended is True
+        assert [
+            e.created_at for e in hitl.events.list(run_id=run.id) if e.type == "run.suspended"
+        ] == [START + 10]
+
     def test_live_decision_does_not_resume(self, hitl: hitl_core.Hitl, clock: ManualClock) -> None:
         run = self.approval_run(hitl)
         gate = hitl.agent(run.id).request_tool("a")
