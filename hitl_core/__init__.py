@@ -4,6 +4,7 @@ library. `connect(url)` gives the engine; everything else here is its vocabulary
 from ._clock import Clock, ManualClock, SystemClock
 from ._engine import Agent, Events, Hitl, Permissions, Runs, Tasks, connect
 from ._errors import ConflictError, HitlError, NotFoundError, StoreError, ValidationError
+from ._outbox import Outgoing, Webhooks
 from ._records import (
     AnswerResult,
     ApproveResult,
@@ -16,6 +17,8 @@ from ._records import (
     RunStatus,
     Task,
     ToolGate,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 from ._store import Store, Transaction
 
@@ -31,6 +34,7 @@ __all__ = [
     "HitlError",
     "ManualClock",
     "NotFoundError",
+    "Outgoing",
     "Page",
     "PermissionPolicy",
     "PermissionRequest",
@@ -47,6 +51,9 @@ __all__ = [
     "ToolGate",
     "Transaction",
     "ValidationError",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "Webhooks",
     "connect",
 ]
 

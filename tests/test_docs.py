@@ -45,3 +45,15 @@ def test_embedding_example_runs() -> None:
         check=True,
     ).stdout
     assert "approved; resumed: True" in out and "final: completed" in out
+
+
+def test_webhook_approval_example_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "examples" / "webhook_approval.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "agent: decision is allowed" in out
+    assert "('run.awaiting_input', 'delivered'), ('run.completed', 'delivered')" in out

@@ -1,0 +1,313 @@
+"""Webhooks: the signature scheme, endpoint management, and delivery to real HTTP
+receivers on 127.0.0.1 (retries, failures, hangs, restarts) on the engine's clock."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hitl_webhooks import Dispatcher
+
+import hitl_core
+from hitl_core import ManualClock, NotFoundError, ValidationError
+from hitl_core.webhooks import sign, signed_headers, verify_signature
+
+# -- signatures ---------------------------------------------------------------------------
+
+
+def test_sign_matches_an_independent_hmac() -> None:
+    expected = hmac.new(b"s3cret", b'evt_1.1700000000.{"a":1}', hashlib.sha256).hexdigest()
+    assert sign("s3cret", "evt_1", 1700000000, '{"a":1}') == "v1=" + expected
+    assert sign("s3cret", "evt_1", "1700000000", b'{"a":1}') == "v1=" + expected
+
+
+def test_verify_signature() -> None:
+    body = '{"event":"run.completed"}'
+    headers = signed_headers("key", "evt_9", 1000, body)
+    assert verify_signature(body, headers, "key")
+    assert verify_signature(body.encode(), {k.upper(): v for k, v in headers.items()}, "key")
+    assert not verify_signature(body + " ", headers, "key")  # tampered body
+    assert not verify_signature(body, headers, "other key")
+    for missing in headers:
+        partial = {k: v for k, v in headers.items() if k != missing}
+        assert not verify_signature(body, partial, "key")
+    forged = dict(headers, **{"Webhook-Signature": "v1=" + "0" * 64})
+    assert not verify_signature(body, forged, "key")
+    assert verify_signature(body, headers, "key", tolerance_seconds=300, now=1200)
+    assert not verify_signature(body, headers, "key", tolerance_seconds=300, now=1301)
+    assert not verify_signature(body, headers, "key", tolerance_seconds=300, now=699)
+    bad_time = dict(headers, **{"Webhook-Timestamp": "soon"})
+    assert not verify_signature(body, bad_time, "key", tolerance_seconds=300, now=1000)
+    assert not verify_signature(b"\xff\xfe", headers, "key")
+
+
+# -- a real receiver ----------------------------------------------------------------------
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that records what it gets and answers from a script."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], str]] = []
+        self.answers: list[int | str] = []  # status codes, or "hang"
+        self.hang = threading.Event()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length).decode()
+                receiver.received.append((dict(self.headers.items()), body))
+                answer = receiver.answers.pop(0) if receiver.answers else 200
+                if answer == "hang":
+                    receiver.hang.wait(5)
+                    return
+                assert isinstance(answer, int)
+                self.send_response(answer)
+                self.end_headers()
+                self.wfile.write(b"thanks" if answer < 300 else b"nope")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.hang.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/hitl.db"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(start=1_700_000_000.0)
+
+
+@pytest.fixture
+def hitl(store_url: str, clock: ManualClock) -> Iterator[hitl_core.Hitl]:
+    with hitl_core.connect(store_url, clock=clock) as engine:
+        yield engine
+
+
+def _completed_run(hitl: hitl_core.Hitl) -> str:
+    run = hitl.runs.create()
+    hitl.agent(run.id).complete()
+    return run.id
+
+
+# -- endpoints ----------------------------------------------------------------------------
+
+
+def test_endpoint_management(hitl: hitl_core.Hitl) -> None:
+    created = hitl.webhooks.create(url="https://example.com/hook")
+    assert created.events == ("run.completed", "run.failed", "run.cancelled")
+    assert len(created.secret) == 64 and int(created.secret, 16) >= 0 and created.active
+    shown = hitl.webhooks.get(created.id)
+    assert shown.secret == created.secret[:4] + "..." and shown.url == created.url
+    assert hitl.webhooks.list().data == [shown]
+    updated = hitl.webhooks.update(created.id, events=["run.awaiting_input"], active=False)
+    assert updated.events == ("run.awaiting_input",) and updated.active is False
+    assert updated.secret == shown.secret
+    rotated = hitl.webhooks.update(created.id, rotate_secret=True)
+    assert len(rotated.secret) == 64 and rotated.secret != created.secret
+    empty = hitl.webhooks.create(url="http://127.0.0.1:9/x", events=[])
+    assert empty.events == ()
+    hitl.webhooks.delete(created.id)
+    with pytest.raises(NotFoundError) as caught:
+        hitl.webhooks.get(created.id)
+    assert caught.value.code == "webhook_not_found"
+    assert [e.id for e in hitl.webhooks.list().data] == [empty.id]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "example.com/hook",
+        "ftp://example.com/x",
+        "https://",
+        "https://exa mple.com",
+        "https://user:pw@example.com/",
+        "https://example.com:99999/",
+        None,
+        7,
+    ],
+)
+def test_malformed_urls_are_refused(hitl: hitl_core.Hitl, url: Any) -> None:
+    with pytest.raises(ValidationError) as caught:
+        hitl.webhooks.create(url=url)
+    assert caught.value.code == "invalid_url"
+    assert hitl.webhooks.list().data == []
+
+
+def test_unknown_event_types_are_refused(hitl: hitl_core.Hitl) -> None:
+    for events in (["run.exploded"], "run.completed", [1]):
+        with pytest.raises(ValidationError) as caught:
+            hitl.webhooks.create(url="https://example.com/", events=events)
+        assert caught.value.code == "invalid_event_type"
+    endpoint = hitl.webhooks.create(url="https://example.com/")
+    with pytest.raises(ValidationError):
+        hitl.webhooks.update(endpoint.id, events=["nope"])
+    assert hitl.webhooks.get(endpoint.id).events == endpoint.events
+
+
+# -- delivery -----------------------------------------------------------------------------
+
+
+def test_awaiting_input_reaches_a_real_endpoint_signed(
+    hitl: hitl_core.Hitl, receiver: Receiver
+) -> None:
+    endpoint = hitl.webhooks.create(url=receiver.url, events=["run.awaiting_input"])
+    run = hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
+    gate = hitl.agent(run.id).request_tool("gmail.send")
+    delivered = Dispatcher(hitl).run_once()
+    assert [d.status for d in delivered] == ["delivered"]
+    ((headers, body),) = receiver.received
+    assert verify_signature(
+        body, headers, endpoint.secret, tolerance_seconds=300, now=1_700_000_000.0
+    )
+    payload = json.loads(body)
+    assert payload["event"] == "run.awaiting_input" and payload["run_id"] == run.id
+    assert payload["data"]["request_id"] == gate.request_id
+    assert headers["Webhook-Id"] == payload["id"] and headers["Content-Type"] == "application/json"
+    assert Dispatcher(hitl).run_once() == []  # nothing twice
+    (log,) = hitl.webhooks.list_deliveries(endpoint.id).data
+    assert (log.status, log.attempts, log.response_status_code) == ("delivered", 1, 200)
+
+
+def test_events_before_the_endpoint_existed_are_not_sent(
+    hitl: hitl_core.Hitl, receiver: Receiver
+) -> None:
+    _completed_run(hitl)
+    hitl.webhooks.create(url=receiver.url)
+    later = _completed_run(hitl)
+    Dispatcher(hitl).run_once()
+    assert [json.loads(body)["run_id"] for _, body in receiver.received] == [later]
+
+
+def test_failing_twice_then_succeeding_is_delivered_on_the_third_attempt(
+    hitl: hitl_core.Hitl, receiver: Receiver, clock: ManualClock
+) -> None:
+    endpoint = hitl.webhooks.create(url=receiver.url)
+    _completed_run(hitl)
+    receiver.answers = [500, 503]
+    dispatcher = Dispatcher(hitl)
+    (first,) = dispatcher.run_once()
+    assert (first.status, first.attempts, first.response_status_code) == ("pending", 1, 500)
+    assert first.next_retry_at == clock.now() + 2
+    clock.advance(1.9)
+    assert dispatcher.run_once() == []  # not due yet
+    clock.advance(0.1)
+    (second,) = dispatcher.run_once()
+    assert (second.attempts, second.next_retry_at) == (2, clock.now() + 4)
+    clock.advance(4)
+    (third,) = dispatcher.run_once()
+    assert (third.status, third.attempts, third.response_status_code) == ("delivered", 3, 200)
+    ids = {headers["Webhook-Id"] for headers, _ in receiver.received}
+    assert len(receiver.received) == 3 and len(ids) == 1
+    assert hitl.webhooks.list_deliveries(endpoint.id, status="delivered").data == [third]
+
+
+def test_a_dead_receiver_ends_as_a_failed_delivery(
+    hitl: hitl_core.Hitl, clock: ManualClock
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
+    endpoint = hitl.webhooks.create(url=dead)
+    _completed_run(hitl)
+    dispatcher = Dispatcher(hitl, timeout=2.0)
+    outcomes = []
+    for wait in (0, 2, 4):
+        clock.advance(wait)
+        outcomes.extend(dispatcher.run_once())
+    assert [d.status for d in outcomes] == ["pending", "pending", "failed"]
+    final = outcomes[-1]
+    assert final.attempts == 3 and final.error and final.response_status_code is None
+    clock.advance(100)
+    assert dispatcher.run_once() == []
+    assert hitl.webhooks.list_deliveries(endpoint.id, status="failed").data == [final]
+
+
+def test_a_hanging_receiver_is_cut_off_and_retried(
+    hitl: hitl_core.Hitl, receiver: Receiver, clock: ManualClock
+) -> None:
+    hitl.webhooks.create(url=receiver.url)
+    _completed_run(hitl)
+    receiver.answers = ["hang"]
+    dispatcher = Dispatcher(hitl, timeout=0.3)
+    started = time.monotonic()
+    (first,) = dispatcher.run_once()
+    assert time.monotonic() - started < 4  # cut off, not waiting for the receiver
+    assert first.status == "pending" and first.error
+    # the engine was never blocked: other calls work while a send is in flight
+    assert hitl.runs.create().status == "running"
+    clock.advance(2)
+    (second,) = dispatcher.run_once()
+    assert second.status == "delivered" and second.attempts == 2
+
+
+def test_deactivating_fails_pending_deliveries(hitl: hitl_core.Hitl, receiver: Receiver) -> None:
+    endpoint = hitl.webhooks.create(url=receiver.url)
+    _completed_run(hitl)
+    hitl.webhooks.enqueue()
+    hitl.webhooks.update(endpoint.id, active=False)
+    assert Dispatcher(hitl).run_once() == [] and receiver.received == []
+    (log,) = hitl.webhooks.list_deliveries(endpoint.id).data
+    assert (log.status, log.error) == ("failed", "endpoint deactivated")
+
+
+def test_a_stale_outcome_changes_nothing(hitl: hitl_core.Hitl, clock: ManualClock) -> None:
+    hitl.webhooks.create(url="http://127.0.0.1:9/x")
+    _completed_run(hitl)
+    hitl.webhooks.enqueue()
+    (claimed,) = hitl.webhooks.claim(lease_seconds=10)
+    clock.advance(11)  # the lease ran out: another worker claims it again
+    (again,) = hitl.webhooks.claim(lease_seconds=10)
+    assert again.delivery.attempts == 2
+    late = hitl.webhooks.record(claimed.delivery.id, attempt=1, status_code=200)
+    assert late.status == "pending" and late.attempts == 2
+    done = hitl.webhooks.record(again.delivery.id, attempt=2, status_code=204)
+    assert done.status == "delivered"
+
+
+def test_pending_deliveries_resume_after_a_restart(
+    tmp_path: Path, receiver: Receiver, clock: ManualClock
+) -> None:
+    url = f"sqlite:///{tmp_path}/outbox.db"
+    with hitl_core.connect(url, clock=clock) as hitl:
+        hitl.webhooks.create(url=receiver.url)
+        _completed_run(hitl)
+        hitl.webhooks.enqueue()
+        (claimed,) = hitl.webhooks.claim(lease_seconds=30)
+        # the worker dies here, before sending
+    clock.advance(31)
+    with hitl_core.connect(url, clock=clock) as hitl:
+        (delivered,) = Dispatcher(hitl).run_once()
+    assert delivered.id == claimed.delivery.id and delivered.status == "delivered"
+    assert delivered.attempts == 2 and len(receiver.received) == 1
