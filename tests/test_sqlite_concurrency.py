@@ -267,21 +267,46 @@ def test_three_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "h.db"
     open_hitl(path).close()
     count = 25
+    run_together(WRITER, str(path), str(count), count=3)
+    with open_hitl(path) as hitl:
+        runs = pages(hitl)
+        assert len(runs) == 3 * count
+        assert all(run.status == "completed" for run in runs)
+        assert sorted(run.output for run in runs) == sorted(list(range(count)) * 3)
+        events = hitl.events.list(limit=1000)
+        assert len(events) == 3 * count * 4  # started, awaiting_input, resolved, completed
+        assert len({event.id for event in events}) == len(events)
+
+
+OPENER = """
+import sys
+import hitl_core
+
+print("ready", flush=True)
+sys.stdin.readline()
+with hitl_core.connect("sqlite:///" + sys.argv[1]) as hitl:
+    hitl.runs.create()
+print("done", flush=True)
+"""
+
+
+def run_together(script: str, *args: str, count: int) -> None:
+    """Start `count` copies of `script`, release them at once, and expect "done" from each."""
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path), str(count)],
+            [sys.executable, "-c", script, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(3)
+        for _ in range(count)
     ]
     try:
         for process in processes:
             assert process.stdout is not None
             assert process.stdout.readline().strip() == "ready"
-        for process in processes:  # start them together
+        for process in processes:
             assert process.stdin is not None
             process.stdin.write("go\n")
             process.stdin.flush()
@@ -293,14 +318,14 @@ def test_three_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
             if process.poll() is None:
                 process.kill()
                 process.communicate()
-    with open_hitl(path) as hitl:
-        runs = pages(hitl)
-        assert len(runs) == 3 * count
-        assert all(run.status == "completed" for run in runs)
-        assert sorted(run.output for run in runs) == sorted(list(range(count)) * 3)
-        events = hitl.events.list(limit=1000)
-        assert len(events) == 3 * count * 4  # started, awaiting_input, resolved, completed
-        assert len({event.id for event in events}) == len(events)
+
+
+def test_processes_creating_one_new_file_at_once(tmp_path: Path) -> None:
+    for attempt in range(2):
+        path = tmp_path / f"new-{attempt}.db"
+        run_together(OPENER, str(path), count=4)
+        with open_hitl(path) as hitl:
+            assert len(hitl.runs.list().data) == 4
 
 
 def pages(hitl: hitl_core.Hitl) -> list[hitl_core.Run]:

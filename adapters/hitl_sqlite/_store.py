@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
-from hitl_core import ConflictError, HitlError, StoreError, ValidationError
+from hitl_core import ConflictError, StoreError, ValidationError
 from hitl_core._records import (
     Event,
     PermissionPolicy,
@@ -195,36 +195,51 @@ class SqliteStore(Store):
             )
         db = self._connect()
         try:
-            if version is None or not wal:
-                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreError(
-                        "store_unavailable",
-                        f"{path!r} cannot use write-ahead logging (journal mode {mode!r})",
-                    )
-            if version is None:
-                self._create(db)
-            else:
-                # A plain read on the read-write connection: proves the -wal and -shm
-                # files can be opened (a read-only directory fails here, not later).
-                read_schema(db, path)
+            self._prepare(db, version, wal)
         except sqlite3.Error as error:
             db.close()
             raise store_error(error, "opening", path) from error
-        except HitlError:
+        except BaseException:
             db.close()
             raise
         return db
 
+    def _prepare(self, db: sqlite3.Connection, version: int | None, wal: bool) -> None:
+        """Switch to WAL and create the schema (a new file), or prove that the file can be
+        used (an existing one). Retried while another process holds a lock, as happens
+        when several processes create the same file at once."""
+        delay = BACKOFF_FIRST
+        for attempt in range(BUSY_ATTEMPTS):
+            try:
+                if version is None or not wal:
+                    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        raise StoreError(
+                            "store_unavailable",
+                            f"{self.path!r} cannot use write-ahead logging (journal mode {mode!r})",
+                        )
+                if version is None:
+                    self._create(db)
+                else:
+                    # A plain read on the read-write connection: proves the -wal and -shm
+                    # files can be opened (a read-only directory fails here, not later).
+                    read_schema(db, self.path)
+                return
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error) or attempt == BUSY_ATTEMPTS - 1:
+                    raise
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, BACKOFF_MAX)
+
     def _create(self, db: sqlite3.Connection) -> None:
         """Create the schema in one transaction, unless another process just did."""
-        self._begin_immediate(db)
+        db.execute("BEGIN IMMEDIATE")
         try:
             if read_schema(db, self.path) is None:
                 create_schema(db)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _quiet(db, "ROLLBACK")
             raise
 
     def _connect(self) -> sqlite3.Connection:
