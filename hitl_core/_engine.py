@@ -299,6 +299,11 @@ class Runs:
 
         return self._engine._read(work)
 
+    def pending(self, *, limit: int = 100) -> builtins.list[PermissionRequest]:
+        """Pending requests across every run, oldest first (an operator's inbox)."""
+        count = check.limit(limit, _MAX_EVENTS)
+        return self._engine._read(lambda tx, ctx: tx.pending_requests(count))
+
     def answer(
         self,
         run_id: str,

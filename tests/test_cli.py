@@ -1,0 +1,250 @@
+"""The `hitl` command, run for real in subprocesses: demo, simulate, and the operator
+commands on a SQLite file, including an agent process waiting while another approves."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import hitl_core
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = sorted((ROOT / "docs" / "scenarios").iterdir())
+HITL = str(Path(sys.executable).parent / "hitl")
+
+
+def hitl(
+    *args: str, db: Path | None = None, env: dict[str, str] | None = None, check: int | None = 0
+) -> subprocess.CompletedProcess[str]:
+    command = [HITL, *(["--db", str(db)] if db else []), *args]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+    if check is not None:
+        assert result.returncode == check, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture(autouse=True)
+def _installed() -> None:
+    if not Path(HITL).exists():
+        pytest.skip("the hitl command is not installed (pip install -e .)")
+
+
+def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
+    out = hitl("demo", db=tmp_path / "demo.db").stdout
+    for line in (
+        "human_in_the_loop=False, permission_mode=autonomous",
+        "refused 409 hitl_disabled",
+        "refused 422 hitl_required",
+        "allowed (source: policy)",
+        "allowed (source: remembered)",
+        "run.suspended",
+        "resumed=True",
+        "denied (source: plan_not_approved)",
+        "revise: 'Skip leads older than 2024'",
+        "gmail.send (run_approval)",
+    ):
+        assert line in out, line
+    with hitl_core.connect(f"sqlite:///{tmp_path / 'demo.db'}") as engine:
+        statuses = [r.status for r in engine.runs.list(limit=100).data]
+    assert statuses.count("completed") == 4 and statuses.count("cancelled") == 1
+
+
+def test_demo_uses_hitl_db_from_the_environment(tmp_path: Path) -> None:
+    hitl("demo", env={"HITL_DB": str(tmp_path / "env.db")})
+    assert (tmp_path / "env.db").exists()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_shipped_scenarios_pass(scenario: Path) -> None:
+    out = hitl("simulate", str(scenario)).stdout
+    assert "all expectations met" in out
+
+
+def test_simulation_is_deterministic_json() -> None:
+    first = hitl("simulate", str(ROOT / "docs/scenarios/approval.toml"), "--json").stdout
+    second = hitl("simulate", str(ROOT / "docs/scenarios/approval.toml"), "--json").stdout
+    assert first == second
+    data = json.loads(first)
+    assert data["passed"] is True and data["final"]["status"] == "completed"
+    assert data["timeline"][5]["suspended"] is True
+
+
+def test_a_scenario_mismatch_fails_clearly(tmp_path: Path) -> None:
+    scenario = tmp_path / "wrong.toml"
+    scenario.write_text(
+        textwrap.dedent("""
+        [run]
+        human_in_the_loop = true
+        permission_mode = "approval"
+        [[steps]]
+        agent = "request_tool"
+        tool = "gmail.send"
+        expect = { status = "allowed" }
+        [expect]
+        status = "completed"
+    """)
+    )
+    result = hitl("simulate", str(scenario), check=1)
+    assert "mismatch: steps[0].expect.status: expected 'allowed', got 'pending'" in result.stderr
+    assert "mismatch: expect.status: expected 'completed', got 'awaiting_approval'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[run]\nhuman_in_the_loop = tru\n[[steps]]\ntick = true\n", "line 2"),
+        ('[run]\n[[steps]]\nagent = "dance"\n', "steps[0].agent: unknown action 'dance'"),
+        ("[run]\ncolour = 1\n[[steps]]\ntick = true\n", "run: unknown key 'colour'"),
+        ("[[steps]]\nat = 5\ntick = true\n[[steps]]\nat = 1\ntick = true\n", "steps[1]: 'at'"),
+        ('[[steps]]\nagent = "complete"\nhuman = "cancel"\n', "steps[0]: needs exactly one"),
+    ],
+)
+def test_a_broken_scenario_names_the_line_or_key(tmp_path: Path, text: str, message: str) -> None:
+    scenario = tmp_path / "broken.toml"
+    scenario.write_text(text)
+    result = hitl("simulate", str(scenario), check=2)
+    assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_broken_json_scenario_names_the_line(tmp_path: Path) -> None:
+    scenario = tmp_path / "broken.json"
+    scenario.write_text('{\n  "run": {},\n  "steps": [\n}\n')
+    assert "line 4" in hitl("simulate", str(scenario), check=2).stderr
+
+
+def _waiting_run(db: Path) -> tuple[str, str, str]:
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        run = engine.runs.create(
+            human_in_the_loop=True, permission_mode="approval", user_id="cust_1"
+        )
+        gate = engine.agent(run.id).request_tool("gmail.send", {"to": "x"})
+        question = engine.agent(run.id).ask(
+            [{"question": "Tone = formal?", "header": "", "options": ["yes", "no"]}]
+        )
+        assert gate.request_id is not None
+        return run.id, gate.request_id, question.request_id
+
+
+def test_operator_commands(tmp_path: Path) -> None:
+    db = tmp_path / "ops.db"
+    run_id, gate_id, question_id = _waiting_run(db)
+    listed = json.loads(hitl("runs", "list", "--json", db=db).stdout)
+    assert [r["id"] for r in listed["data"]] == [run_id]
+    assert run_id in hitl("runs", "list", db=db).stdout
+    shown = hitl("runs", "show", run_id, db=db).stdout
+    assert gate_id in shown and "gmail.send" in shown and "Tone = formal?" in shown
+    pending = json.loads(hitl("pending", "--json", db=db).stdout)
+    assert [p["request_id"] for p in pending] == [gate_id, question_id]
+    approved = hitl("approve", run_id, gate_id, "--remember", "--reason", "ok", db=db).stdout
+    assert "allowed (remembered)" in approved
+    refused = hitl("approve", run_id, gate_id, "--deny", db=db, check=1)
+    assert refused.stderr.startswith("error: gate_resolved_otherwise:")
+    answered = hitl("answer", run_id, "Tone = formal?=no", db=db).stdout
+    assert f"{question_id}: answered" in answered
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        assert engine.runs.get(run_id).status == "running"
+        assert engine.agent(run_id).result(question_id).answers == {"Tone = formal?": "no"}
+    policy = json.loads(
+        hitl("policies", "add", "slack.*", "--user", "cust_1", "--json", db=db).stdout
+    )
+    tools = hitl("policies", "list", "--user", "cust_1", db=db).stdout
+    assert "slack.*" in tools and "gmail.send" in tools and "run_approval" in tools
+    hitl("policies", "rm", policy["id"], "--user", "cust_1", db=db)
+    assert hitl(
+        "policies", "rm", policy["id"], "--user", "cust_1", db=db, check=1
+    ).stderr.startswith("error: policy_not_found:")
+    events = hitl("events", "--run", run_id, db=db).stdout
+    assert "run.awaiting_input" in events and "request.resolved" in events
+    assert hitl("tick", db=db).stdout.strip() == "0 event(s)"
+    assert "cancelled" in hitl("cancel", run_id, db=db).stdout
+    assert hitl("cancel", run_id, db=db, check=1).stderr.startswith("error: run_not_active:")
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    result = hitl("runs", "show", "run_missing", db=db, check=1)
+    assert result.stderr == "error: run_not_found: no run 'run_missing'\n"
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n" * 10)
+    result = hitl("runs", "list", db=text, check=1)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert text.read_text() == "not a database\n" * 10
+    result = hitl("answer", "run_x", "no-equals-sign", db=db, check=1)
+    assert result.stderr == "error: run_not_found: no run 'run_x'\n"  # the run comes first
+
+
+def test_tick_reports_suspensions(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        run = engine.runs.create(
+            human_in_the_loop=True, permission_mode="approval", input_timeout=0.05
+        )
+        engine.agent(run.id).request_tool("x")
+    time.sleep(0.1)  # real time must pass for a real SystemClock deadline; not a timing assertion
+    out = hitl("tick", db=db).stdout
+    assert "run.suspended" in out and "1 event(s)" in out
+
+
+def test_events_follow_prints_new_events(tmp_path: Path) -> None:
+    db = tmp_path / "f.db"
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        engine.runs.create()
+    follower = subprocess.Popen(
+        [HITL, "--db", str(db), "events", "--follow"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert follower.stdout is not None
+        assert "run.started" in follower.stdout.readline()
+        with hitl_core.connect(f"sqlite:///{db}") as engine:
+            later = engine.runs.create()
+        line = follower.stdout.readline()
+        assert "run.started" in line and later.id in line
+    finally:
+        follower.kill()
+        follower.wait()
+
+
+AGENT = """
+import sys, time, hitl_core
+with hitl_core.connect(sys.argv[1]) as hitl:
+    run = hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
+    agent = hitl.agent(run.id)
+    gate = agent.request_tool("payments.refund", {"amount": 40})
+    print(run.id, gate.request_id, flush=True)
+    deadline = time.monotonic() + 30
+    while agent.result(gate.request_id).status == "pending" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    decided = agent.result(gate.request_id)
+    print(decided.status, decided.reason, decided.actor, flush=True)
+    agent.complete()
+"""
+
+
+def test_an_agent_process_waits_while_another_process_approves(tmp_path: Path) -> None:
+    db = tmp_path / "shared.db"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT, f"sqlite:///{db}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert agent.stdout is not None
+        run_id, request_id = agent.stdout.readline().split()
+        assert request_id in hitl("pending", db=db).stdout
+        hitl("approve", run_id, request_id, "--reason", "refund ok", "--actor", "ops", db=db)
+        assert agent.stdout.readline().split() == ["allowed", "refund", "ok", "ops"]
+        assert agent.wait(timeout=30) == 0
+    finally:
+        agent.kill()
+    assert "completed" in hitl("runs", "show", run_id, db=db).stdout
