@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import hitl_sqlite
 import pytest
 from hitl_memory import MemoryStore
@@ -20,7 +21,15 @@ from hitl_sqlite import _store as sqlite_store
 
 import hitl_core
 from hitl_core import HitlError, ManualClock, StoreError, ValidationError
-from hitl_core._records import Event, PermissionPolicy, PermissionRequest, Run, Task
+from hitl_core._records import (
+    Event,
+    PermissionPolicy,
+    PermissionRequest,
+    Run,
+    Task,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from hitl_core.testing.helpers import QUESTION, snapshot
 
 USERS = (None, "cust_1", "cust_2")
@@ -365,8 +374,6 @@ def new_run(run_id: str, **changes: Any) -> Run:
 
 
 def test_update_run_is_compare_and_set(tmp_path: Path) -> None:
-    import attrs
-
     target = url(tmp_path / "h.db")
     first, second = hitl_sqlite.open_store(target), hitl_sqlite.open_store(target)
     try:
@@ -428,8 +435,6 @@ def test_sqlite_errors_become_store_errors(tmp_path: Path) -> None:
 
 def test_due_runs_break_ties_like_the_memory_store(tmp_path: Path) -> None:
     """Equal deadlines come out in the order they were set, not in run order."""
-    import attrs
-
     stores = [MemoryStore(), hitl_sqlite.open_store(url(tmp_path / "h.db"))]
     answers = []
     for store in stores:
@@ -812,3 +817,88 @@ def test_a_refused_call_after_a_deadline_agrees_with_memory(lockstep: LockStep) 
     lockstep.advance(100)
     lockstep.call("runs.approve", run.id, request_id="req_unknown")  # refused: rolled back
     lockstep.call("runs.get", run.id)  # SQLite: suspended now (the deadline was kept)
+
+
+def test_webhook_records_round_trip_and_agree_with_memory(tmp_path: Path) -> None:
+    endpoints = [
+        WebhookEndpoint(
+            id=f"whk_{n}",
+            url=f"https://example.test/{n}",
+            events=("run.awaiting_input", "run.completed"),
+            secret=f"whsec_{n}",
+            active=n != 1,
+            created_at=float(n),
+            updated_at=float(n),
+        )
+        for n in range(2)
+    ]
+
+    def delivery(n: int, endpoint: int, status: str, retry: float | None) -> WebhookDelivery:
+        return WebhookDelivery(
+            id=f"dlv_{n}",
+            endpoint_id=f"whk_{endpoint}",
+            event_id=f"evt_{n}",
+            event_type="run.completed",
+            run_id="run_x",
+            payload='{"a": 1}',
+            status=status,
+            attempts=n % 3,
+            response_status_code=500 if n % 2 else None,
+            response_body="oops" if n % 2 else None,
+            error=None,
+            next_retry_at=retry,
+            created_at=1.0,
+            updated_at=2.0,
+        )
+
+    deliveries = [
+        delivery(0, 0, "pending", 5.0),
+        delivery(1, 0, "delivered", None),
+        delivery(2, 1, "pending", None),
+        delivery(3, 0, "pending", 5.0),
+        delivery(4, 0, "failed", None),
+        delivery(5, 0, "pending", 1.0),
+    ]
+    target = url(tmp_path / "h.db")
+    writer = hitl_sqlite.open_store(target)
+    memory = MemoryStore()
+    for store in (writer, memory):
+        with store.transaction(write=True) as tx:
+            for endpoint in endpoints:
+                tx.insert_endpoint(endpoint)
+            tx.save_deliveries(deliveries)
+            tx.set_cursor("webhooks", "evt_1")
+            tx.set_cursor("webhooks", "evt_2")
+            tx.update_endpoint(attrs.evolve(endpoints[1], active=True, updated_at=9.0))
+    writer.close()
+    reopened = hitl_sqlite.open_store(target)
+
+    def look(store: Any) -> Any:
+        with store.transaction(write=False) as tx:
+            return (
+                tx.get_cursor("webhooks"),
+                tx.get_cursor("other"),
+                tx.list_endpoints(limit=1, starting_after=None),
+                tx.list_endpoints(limit=5, starting_after="whk_0"),
+                tx.list_endpoints(limit=5, starting_after="whk_none"),
+                [tx.get_delivery(d.id) for d in deliveries],
+                [d.id for d in tx.due_deliveries(5.0, 10)],
+                [d.id for d in tx.due_deliveries(0.5, 10)],
+                tx.list_deliveries("whk_0", status=None, limit=2, starting_after=None),
+                tx.list_deliveries("whk_0", status="pending", limit=5, starting_after="dlv_1"),
+                tx.list_deliveries("whk_1", status=None, limit=5, starting_after="dlv_0"),
+            )
+
+    try:
+        seen = look(reopened)
+        assert seen == look(memory)
+        assert seen[5] == deliveries
+        assert seen[6] == ["dlv_2", "dlv_5", "dlv_0", "dlv_3"]
+        for store in (reopened, memory):
+            with store.transaction(write=True) as tx:
+                tx.delete_endpoint("whk_0")
+            with store.transaction(write=False) as tx:
+                assert tx.get_endpoint("whk_0") is None and tx.get_delivery("dlv_0") is None
+                assert [d.id for d in tx.due_deliveries(99.0, 10)] == ["dlv_2"]
+    finally:
+        reopened.close()
