@@ -1,6 +1,5 @@
-"""The SQLite store under concurrency and crashes (SPEC 12): threads and real processes
-deciding the same request at once, several processes writing together, a writer killed
-mid-stream, and eight threads of mixed work leaving every run consistent."""
+"""The SQLite store under concurrency and crashes (SPEC 12): threads and processes deciding
+one request at once, several writers, a writer killed mid-stream, eight busy threads."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The SQLite store on real files: URLs, reopening, exact round trips, refusing foreign
-files without touching them, unusable directories, busy files, and agreement with the
-memory store step by step."""
+"""The SQLite store on real files: URLs, reopening, exact round trips, foreign files left
+untouched, unusable directories, busy files, and step-by-step agreement with memory."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The SQLite store itself: URL parsing, opening a file safely, one connection per thread,
-transactions (BEGIN IMMEDIATE for writers, with busy retry), and the port's reads and
-writes. Every sqlite3 error leaves here as a HitlError."""
+"""The SQLite store: its URL, safe opening, a connection per thread, transactions (BEGIN
+IMMEDIATE writers, busy retry) and the port's reads and writes; sqlite3 errors end here."""
 
 from __future__ import annotations
 
