@@ -44,17 +44,25 @@ class Outgoing:
 
 
 def _url(value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > _MAX_URL or value != value.strip():
-        raise ValidationError("invalid_url", f"a webhook URL is an http(s) URL; got {value!r}")
+    """An ASCII http(s) URL with a host, no credentials and no spaces (422 invalid_url)."""
+    problem = "a webhook URL is an ASCII http(s) URL with a host"
+    if not isinstance(value, str) or not value or len(value) > _MAX_URL:
+        raise ValidationError("invalid_url", f"{problem}; got {value!r}")
     try:
         parts = urlsplit(value)
         port_ok = parts.port is None or 0 < parts.port < 65536
     except ValueError:
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ValidationError("invalid_url", f"a webhook URL is an http(s) URL; got {value!r}")
-    if any(ch.isspace() for ch in value) or parts.username or parts.password:
-        raise ValidationError("invalid_url", "a webhook URL has no spaces and no credentials")
+        raise ValidationError("invalid_url", f"{problem}; got {value!r}") from None
+    if (
+        not value.isascii()
+        or any(ch.isspace() for ch in value)
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not port_ok
+    ):
+        raise ValidationError("invalid_url", f"{problem}; got {value!r}")
+    if parts.username or parts.password:
+        raise ValidationError("invalid_url", "a webhook URL must not hold credentials")
     return value
 
 

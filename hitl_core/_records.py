@@ -64,12 +64,23 @@ class RequestStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+def encodable(value: str, code: str, what: str) -> str:
+    """`value` if it has a UTF-8 form (no lone surrogates), else ValidationError(code)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(code, f"{what} holds text with no UTF-8 form") from None
+    return value
+
+
 def json_copy(value: Any, code: str = "invalid_request", what: str = "value") -> Any:
     """Return a deep copy of a JSON-like value, or raise ValidationError(code).
 
-    Accepts dicts with string keys, lists and tuples (copied as lists), strings, ints,
-    finite floats, bools and None."""
-    if value is None or isinstance(value, (str, bool, int)):
+    Accepts dicts with string keys, lists and tuples (copied as lists), strings with a
+    UTF-8 form, ints, finite floats, bools and None."""
+    if isinstance(value, str):
+        return encodable(value, code, what)
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -80,19 +91,29 @@ def json_copy(value: Any, code: str = "invalid_request", what: str = "value") ->
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValidationError(code, f"{what} has a non-string key {key!r}")
-            out[key] = json_copy(item, code, what)
+            out[encodable(key, code, what)] = json_copy(item, code, what)
         return out
     if isinstance(value, (list, tuple)):
         return [json_copy(item, code, what) for item in value]
     raise ValidationError(code, f"{what} holds a {type(value).__name__}, not JSON data")
 
 
+def copy(value: Any) -> Any:
+    """A deep copy of JSON data that was already checked by `json_copy`: records copy
+    their dicts in and out with this, so nobody shares a mutable part of a record."""
+    if isinstance(value, dict):
+        return {key: copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copy(item) for item in value]
+    return value
+
+
 def _copy_dict(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if value is None else json_copy(value)
+    return None if value is None else copy(value)
 
 
 def _copy_dict_required(value: dict[str, Any]) -> dict[str, Any]:
-    copied: dict[str, Any] = json_copy(value)
+    copied: dict[str, Any] = copy(value)
     return copied
 
 
@@ -117,7 +138,7 @@ class Run:
     remembered_deny: frozenset[str] = frozenset()
     deadline: float | None = None
     """When the run is suspended if a request is still pending then (None: no deadline)."""
-    _output: Any = attrs.field(default=None, converter=json_copy)
+    _output: Any = attrs.field(default=None, converter=copy)
     error: str | None = None
     version: int = 1
 
@@ -129,7 +150,7 @@ class Run:
     @property
     def output(self) -> Any:
         """A copy of the output the agent completed with."""
-        return json_copy(self._output)
+        return copy(self._output)
 
     @property
     def is_terminal(self) -> bool:
@@ -159,7 +180,7 @@ class PermissionRequest:
     @property
     def tool_input(self) -> dict[str, Any]:
         """A copy of the tool's arguments (for questions and plans: the questions)."""
-        copied: dict[str, Any] = json_copy(self._tool_input)
+        copied: dict[str, Any] = copy(self._tool_input)
         return copied
 
     @property
@@ -188,7 +209,7 @@ class PermissionRequest:
     @property
     def questions(self) -> list[dict[str, Any]]:
         """A copy of the questions of a question or plan request ([] for a tool request)."""
-        questions: list[dict[str, Any]] = json_copy(self._tool_input.get("questions", []))
+        questions: list[dict[str, Any]] = copy(self._tool_input.get("questions", []))
         return questions
 
 
@@ -228,7 +249,7 @@ class Event:
     @property
     def data(self) -> dict[str, Any]:
         """A copy of the event's data."""
-        copied: dict[str, Any] = json_copy(self._data)
+        copied: dict[str, Any] = copy(self._data)
         return copied
 
 

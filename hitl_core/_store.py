@@ -27,7 +27,10 @@ class Transaction(abc.ABC):
     """Reads and writes inside one all-or-nothing transaction.
 
     Lists are oldest first (insertion order). Writes are visible to later reads of the
-    same transaction. `limit` arguments are already validated (1..1000)."""
+    same transaction. `limit` arguments are already validated (1..1000). The engine only
+    inserts fresh ids and only updates or deletes what it has just read in the same
+    transaction; a record's `id`, `run_id`, `user_id` and `created_at` never change
+    after insertion."""
 
     # runs
     @abc.abstractmethod
@@ -44,7 +47,8 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     def due_runs(self, now: float, limit: int) -> list[Run]:
-        """Up to `limit` runs whose `deadline` is set and <= now, earliest deadline first."""
+        """Up to `limit` runs whose `deadline` is set and <= now, earliest deadline first,
+        equal deadlines in the order the runs were created."""
 
     @abc.abstractmethod
     def insert_run(self, run: Run) -> None:

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from ._errors import ValidationError
-from ._records import PLAN_HEADER, PermissionRequest
+from ._records import PLAN_HEADER, PermissionRequest, encodable, json_copy
 
 __all__ = [
     "DEFAULT_INPUT_TIMEOUT",
@@ -91,7 +91,7 @@ def user(value: object, code: str = "invalid_config") -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise ValidationError(code, f"user_id must be a non-empty string or None; got {value!r}")
-    return value
+    return encodable(value, code, "user_id")
 
 
 def config(
@@ -108,14 +108,14 @@ def text(value: object, what: str, code: str = "invalid_request") -> str:
     """A non-empty (after stripping) string, returned as given."""
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(code, f"{what} must be a non-empty string; got {value!r}")
-    return value
+    return encodable(value, code, what)
 
 
 def optional_text(value: object, what: str) -> str | None:
     """None or a string (422 invalid_request otherwise)."""
     if value is not None and not isinstance(value, str):
         raise ValidationError("invalid_request", f"{what} must be a string or None; got {value!r}")
-    return value
+    return None if value is None else encodable(value, "invalid_request", what)
 
 
 def flag(value: object, what: str) -> bool:
@@ -180,7 +180,8 @@ def normalise_questions(raw: object) -> list[dict[str, Any]]:
     texts = [question["question"] for question in questions]
     if len(set(texts)) != len(texts):
         raise ValidationError("invalid_request", "question texts must be distinct")
-    return questions
+    checked: list[dict[str, Any]] = json_copy(questions, "invalid_request", "questions")
+    return checked
 
 
 def _single(value: object, question: str) -> str:
@@ -223,7 +224,7 @@ def normalise_answers(request: PermissionRequest, answers: dict[str, Any]) -> di
             raise ValidationError(
                 "invalid_answers", f"a plan is answered with one answer keyed {PLAN_HEADER!r}"
             )
-        value = _single(answers[keys[0]], PLAN_HEADER)
+        value = encodable(_single(answers[keys[0]], PLAN_HEADER), "invalid_answers", "answers")
         return {plan: "Approve" if value.lower() == "approve" else value}
     questions = {question["question"]: question for question in request.questions}
     unknown = [key for key in answers if key not in questions]
@@ -236,4 +237,5 @@ def normalise_answers(request: PermissionRequest, answers: dict[str, Any]) -> di
     for key, question in questions.items():
         value = answers[key]
         out[key] = _multi(value, key) if question["multiSelect"] else _single(value, key)
-    return out
+    checked: dict[str, Any] = json_copy(out, "invalid_answers", "answers")
+    return checked

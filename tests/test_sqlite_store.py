@@ -433,7 +433,7 @@ def test_sqlite_errors_become_store_errors(tmp_path: Path) -> None:
 
 
 def test_due_runs_break_ties_like_the_memory_store(tmp_path: Path) -> None:
-    """Equal deadlines come out in the order they were set, not in run order."""
+    """Equal deadlines come out in the order the runs were created, however they were set."""
     stores = [MemoryStore(), hitl_sqlite.open_store(url(tmp_path / "h.db"))]
     answers = []
     for store in stores:
@@ -445,7 +445,7 @@ def test_due_runs_break_ties_like_the_memory_store(tmp_path: Path) -> None:
                 run = tx.get_run(f"run_{name}")
                 assert run is not None
                 tx.update_run(attrs.evolve(run, version=run.version + 1, deadline=50.0))
-        with store.transaction(write=True) as tx:  # an unchanged deadline keeps its place
+        with store.transaction(write=True) as tx:  # touching a run does not move it
             run = tx.get_run("run_d")
             assert run is not None
             tx.update_run(attrs.evolve(run, version=run.version + 1, error="x"))
@@ -459,7 +459,7 @@ def test_due_runs_break_ties_like_the_memory_store(tmp_path: Path) -> None:
             )
         store.close()
     assert answers[0] == answers[1]
-    assert answers[1][0] == ["run_e", "run_d", "run_b", "run_c", "run_a"]
+    assert answers[1][0] == ["run_e", "run_a", "run_b", "run_c", "run_d"]
 
 
 # -- files that are not ours ----------------------------------------------------------------
@@ -806,7 +806,8 @@ def test_equal_deadlines_suspend_in_the_same_order_as_memory(lockstep: LockStep)
     lockstep.do(lambda h: h.agent(first[1].id).request_tool("a"))
     lockstep.advance(100)
     out = lockstep.do(lambda h: h.tick())
-    assert [e.run_id for e in out[1]] == [second[1].id, first[1].id]
+    # equal deadlines (no time passed between the requests) suspend in run creation order
+    assert [e.run_id for e in out[1]] == [first[1].id, second[1].id]
 
 
 def test_a_refused_call_after_a_deadline_agrees_with_memory(lockstep: LockStep) -> None:

@@ -54,8 +54,8 @@ class MemoryStore(Store, Transaction):
         self._lock = threading.RLock()
         self._undo: list[Callable[[], None]] | None = None
         self._runs: dict[str, Run] = {}
-        self._deadlines: list[tuple[float, int, str]] = []
-        self._tiebreak = itertools.count()
+        self._deadlines: list[tuple[float, int, str]] = []  # (deadline, creation index, id)
+        self._creation: dict[str, int] = {}
         self._requests: dict[str, PermissionRequest] = {}
         self._run_requests: dict[str, list[str]] = {}
         self._pending: dict[str, None] = {}
@@ -131,10 +131,12 @@ class MemoryStore(Store, Transaction):
     def insert_run(self, run: Run) -> None:
         self._runs[run.id] = run
         self._run_requests[run.id] = []
+        self._creation[run.id] = len(self._creation)
 
         def undo() -> None:
             del self._runs[run.id]
             del self._run_requests[run.id]
+            del self._creation[run.id]
 
         self._log(undo)
         self._watch_deadline(run)
@@ -156,7 +158,7 @@ class MemoryStore(Store, Transaction):
 
     def _watch_deadline(self, run: Run) -> None:
         if run.deadline is not None:
-            heapq.heappush(self._deadlines, (run.deadline, next(self._tiebreak), run.id))
+            heapq.heappush(self._deadlines, (run.deadline, self._creation[run.id], run.id))
 
     # -- requests ----------------------------------------------------------------
     def get_request(self, request_id: str) -> PermissionRequest | None:

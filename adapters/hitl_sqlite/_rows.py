@@ -73,24 +73,16 @@ _RUN_COLUMNS = (
     "input_timeout, suspended, created_at, updated_at, plan_approved, plan_revisions, "
     "remembered_allow, remembered_deny, deadline, output, error, version"
 )
-# A newly set deadline gets max(deadline_seq) + 1, so equal deadlines come out in the
-# order they were set (as the memory store's heap does); an unchanged one keeps its number.
-_NEXT_DEADLINE_SEQ = (
-    "(SELECT ifnull(max(deadline_seq), 0) + 1 FROM runs WHERE deadline_seq IS NOT NULL)"
-)
 INSERT_RUN = (
-    f"INSERT INTO runs ({_RUN_COLUMNS}, deadline_seq) VALUES "
-    "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-    f"CASE WHEN ?16 IS NULL THEN NULL ELSE {_NEXT_DEADLINE_SEQ} END)"
+    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES "
+    "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
 )
-# Compare-and-set: ?20 is the version the caller read. SET expressions see the old row.
+# Compare-and-set: ?20 is the version the caller read.
 UPDATE_RUN = (
     "UPDATE runs SET status = ?2, human_in_the_loop = ?3, permission_mode = ?4, "
     "user_id = ?5, task_id = ?6, metadata = ?7, input_timeout = ?8, suspended = ?9, "
     "created_at = ?10, updated_at = ?11, plan_approved = ?12, plan_revisions = ?13, "
     "remembered_allow = ?14, remembered_deny = ?15, "
-    "deadline_seq = CASE WHEN ?16 IS NULL THEN NULL WHEN deadline IS ?16 THEN deadline_seq "
-    f"ELSE {_NEXT_DEADLINE_SEQ} END, "
     "deadline = ?16, output = ?17, error = ?18, version = ?19 "
     "WHERE id = ?1 AND version = ?20"
 )
@@ -98,7 +90,7 @@ GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?"
 RUN_SEQ = "SELECT seq FROM runs WHERE id = ?"
 DUE_RUNS = (
     f"SELECT {_RUN_COLUMNS} FROM runs WHERE deadline IS NOT NULL AND deadline <= ? "
-    "ORDER BY deadline, deadline_seq LIMIT ?"
+    "ORDER BY deadline, seq LIMIT ?"
 )
 # list_runs by (has user filter, has status filter); parameters: seq, [user], [status], limit
 LIST_RUNS = {

@@ -45,17 +45,14 @@ SCHEMA: tuple[str, ...] = (
         remembered_allow  TEXT NOT NULL,
         remembered_deny   TEXT NOT NULL,
         deadline          REAL,
-        deadline_seq      INTEGER,
         output            TEXT,
         error             TEXT,
         version           INTEGER NOT NULL
     )""",
     # runs.list(user_id=...) walks one user's runs in order.
     "CREATE INDEX runs_by_user ON runs (user_id, seq)",
-    # due_runs: only runs with a deadline are indexed; ties go to the deadline set first.
-    "CREATE INDEX runs_due ON runs (deadline, deadline_seq) WHERE deadline IS NOT NULL",
-    # max(deadline_seq) + 1 numbers a newly set deadline.
-    "CREATE INDEX runs_deadline_seq ON runs (deadline_seq) WHERE deadline_seq IS NOT NULL",
+    # due_runs: only runs with a deadline are indexed; equal deadlines in creation order.
+    "CREATE INDEX runs_due ON runs (deadline, seq) WHERE deadline IS NOT NULL",
     """CREATE TABLE requests (
         seq         INTEGER PRIMARY KEY,
         request_id  TEXT NOT NULL UNIQUE,

@@ -1121,6 +1121,28 @@ class HitlContract:
                 assert error.status in (404, 409, 422), error
                 assert snapshot(hitl) == before, error
 
+    def test_text_without_a_utf8_form_is_refused_by_every_store(self, hitl: hitl_core.Hitl) -> None:
+        bad = "caf\udce9"  # a lone surrogate: no UTF-8 form, so no store could keep it
+        run = self.approval_run(hitl)
+        agent = hitl.agent(run.id)
+        calls: list[tuple[str, Callable[[], Any]]] = [
+            ("invalid_config", lambda: hitl.runs.create(metadata={"note": bad})),
+            ("invalid_config", lambda: hitl.runs.create(user_id=bad)),
+            ("invalid_request", lambda: agent.request_tool(bad)),
+            ("invalid_request", lambda: agent.request_tool("x", {bad: 1})),
+            ("invalid_request", lambda: agent.ask([dict(QUESTION, header=bad)])),
+            ("invalid_request", lambda: hitl.permissions.create(tool=bad)),
+        ]
+        for code, call in calls:
+            refused(hitl, ValidationError, code, call)
+        agent.ask([QUESTION])
+        refused(
+            hitl,
+            ValidationError,
+            "invalid_answers",
+            lambda: hitl.runs.answer(run.id, answers={QUESTION["question"]: bad}),
+        )
+
     # -- SPEC 11: records and entry points -------------------------------------------------
     def test_records_are_immutable_values(self, hitl: hitl_core.Hitl) -> None:
         metadata: dict[str, Any] = {"tags": ["a"]}
