@@ -19,23 +19,28 @@ from ._records import (
     Run,
     RunStatus,
     ToolGate,
+    evolve,
+    fresh,
 )
 
 __all__ = ["Context", "Step"]
 
 
-@attrs.frozen
 class Context:
     """What one call of the engine knows from outside: the time and an id source."""
 
-    now: float
-    new_id: Callable[[str], str]
+    __slots__ = ("new_id", "now")
+
+    def __init__(self, now: float, new_id: Callable[[str], str]) -> None:
+        self.now = now
+        self.new_id = new_id
 
     def event(
         self, type_: str, run_id: str, data: dict[str, Any], at: float | None = None
     ) -> Event:
-        """A new event, stamped now (or at `at`)."""
-        return Event(
+        """A new event, stamped now (or at `at`); `data` must be a fresh dict."""
+        return fresh(
+            Event,
             id=self.new_id("evt"),
             type=type_,
             run_id=run_id,
@@ -57,7 +62,7 @@ class Step:
 
 def _touch(run: Run, now: float, **changes: Any) -> Run:
     """The run with `changes`, a new version and updated_at = now."""
-    return attrs.evolve(run, version=run.version + 1, updated_at=now, **changes)
+    return evolve(run, version=run.version + 1, updated_at=now, **changes)
 
 
 def _resolved_event(ctx: Context, request: PermissionRequest) -> Event:
@@ -118,7 +123,7 @@ def suspend(ctx: Context, run: Run) -> Step:
     assert run.deadline is not None and run.deadline <= ctx.now
     _rules.check(run.status, "suspend")
     at = run.deadline
-    suspended = attrs.evolve(
+    suspended = evolve(
         run,
         version=run.version + 1,
         updated_at=max(run.updated_at, at),
@@ -126,13 +131,6 @@ def suspend(ctx: Context, run: Run) -> Step:
         deadline=None,
     )
     return Step(suspended, events=(ctx.event("run.suspended", run.id, {}, at=at),))
-
-
-def _deadline(run: Run, pending: Sequence[PermissionRequest]) -> float | None:
-    """When `run` is suspended if its `pending` requests are still pending then."""
-    if run.suspended or not pending:
-        return None
-    return min(request.created_at for request in pending) + run.input_timeout
 
 
 # -- opening requests -------------------------------------------------------------------
@@ -143,7 +141,8 @@ def open_request(
 ) -> Step:
     """Open a pending request; the run awaits approval (SPEC 3, 4)."""
     status = _rules.fire(run.status, "open_request")
-    request = PermissionRequest(
+    request = fresh(  # tool_input is the engine's own checked copy
+        PermissionRequest,
         request_id=ctx.new_id("req"),
         run_id=run.id,
         kind=kind,
@@ -227,8 +226,10 @@ def resolve(
     status = _rules.fire(run.status, "resolve", last=last)
     resumed = last and run.suspended
     suspended = run.suspended and not last
-    updated = _touch(run, ctx.now, status=status, suspended=suspended, **changes)
-    updated = attrs.evolve(updated, deadline=_deadline(updated, still_pending))
+    deadline = None
+    if not suspended and still_pending:
+        deadline = min(request.created_at for request in still_pending) + run.input_timeout
+    updated = _touch(run, ctx.now, status=status, suspended=suspended, deadline=deadline, **changes)
     events = [_resolved_event(ctx, request) for request in resolved]
     if resumed:
         events.append(ctx.event("run.resumed", run.id, {}))
@@ -245,7 +246,7 @@ def decide(
     **changes: Any,
 ) -> PermissionRequest:
     """The request as resolved now."""
-    return attrs.evolve(
+    return evolve(
         request, status=status, decision=decision, source=source, resolved_at=now, **changes
     )
 
@@ -266,7 +267,7 @@ def remembered(run: Run, tool_name: str, decision: str) -> dict[str, frozenset[s
 def upgrade_remember(ctx: Context, run: Run, request: PermissionRequest) -> Step:
     """A repeated decision with remember=True on one that had remember=False (SPEC 4.2)."""
     assert request.decision in ("allow", "deny") and not request.remember
-    upgraded = attrs.evolve(request, remember=True)
+    upgraded = evolve(request, remember=True)
     changes = remembered(run, request.tool_name, request.decision)
     return Step(_touch(run, ctx.now, **changes), (upgraded,))
 

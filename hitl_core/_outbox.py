@@ -17,7 +17,7 @@ import attrs
 from . import _validate as check
 from ._errors import NotFoundError, ValidationError
 from ._logic import Context
-from ._records import Event, Page, WebhookDelivery, WebhookEndpoint
+from ._records import Event, Page, WebhookDelivery, WebhookEndpoint, evolve
 from ._store import Transaction
 from .webhooks import DEFAULT_EVENTS, EVENT_TYPES, signed_headers
 
@@ -121,7 +121,7 @@ def _fail_pending(tx: Transaction, ctx: Context, endpoint_id: str, why: str) -> 
             return
         tx.save_deliveries(
             [
-                attrs.evolve(d, status="failed", error=why, next_retry_at=None, updated_at=ctx.now)
+                evolve(d, status="failed", error=why, next_retry_at=None, updated_at=ctx.now)
                 for d in batch
             ]
         )
@@ -207,7 +207,7 @@ class Webhooks:
             endpoint = _endpoint(tx, endpoint_id)
             if rotate_secret:
                 changes["secret"] = secrets.token_hex(32)
-            updated = attrs.evolve(endpoint, updated_at=ctx.now, **changes)
+            updated = evolve(endpoint, updated_at=ctx.now, **changes)
             tx.update_endpoint(updated)
             if endpoint.active and not updated.active:
                 _fail_pending(tx, ctx, endpoint.id, "endpoint deactivated")
@@ -302,7 +302,7 @@ class Webhooks:
                 endpoint = tx.get_endpoint(delivery.endpoint_id)
                 if endpoint is None or not endpoint.active:
                     continue  # deactivation already failed it; deletion removed it
-                leased = attrs.evolve(
+                leased = evolve(
                     delivery,
                     attempts=delivery.attempts + 1,
                     next_retry_at=ctx.now + lease_seconds,
@@ -358,7 +358,7 @@ class Webhooks:
             else:
                 wait = backoff[min(delivery.attempts, len(backoff)) - 1] if backoff else 0.0
                 outcome.update(next_retry_at=ctx.now + wait)
-            recorded = attrs.evolve(delivery, **outcome)
+            recorded = evolve(delivery, **outcome)
             tx.save_deliveries([recorded])
             return recorded
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -106,6 +106,79 @@ def copy(value: Any) -> Any:
     if isinstance(value, list):
         return [copy(item) for item in value]
     return value
+
+
+R = TypeVar("R", bound=attrs.AttrsInstance)
+_EVOLVERS: dict[type, Callable[[Any, dict[str, Any]], Any]] = {}
+
+
+def _compile_evolver(cls: type) -> Callable[[Any, dict[str, Any]], Any]:
+    """Generate `evolve` for one record class: a straight-line function that copies every
+    field and converts only the changed ones (as attrs generates `__init__`)."""
+    namespace: dict[str, Any] = {"_new": object.__new__, "_set": object.__setattr__, "cls": cls}
+    lines = ["def evolve(record, changes):", "    new = _new(cls)"]
+    for field in attrs.fields(cls):
+        name, alias = field.name, field.alias or field.name
+        value = f"changes.pop({alias!r})"
+        if field.converter is not None:
+            namespace[f"convert_{name}"] = field.converter
+            value = f"convert_{name}({value})"
+        lines.append(f"    _set(new, {name!r}, {value} if {alias!r} in changes else record.{name})")
+    lines += [
+        "    if changes:",
+        "        raise TypeError(f'{cls.__name__} has no fields {sorted(changes)}')",
+        "    return new",
+    ]
+    exec("\n".join(lines), namespace)
+    evolver: Callable[[Any, dict[str, Any]], Any] = namespace["evolve"]
+    return evolver
+
+
+_BUILDERS: dict[type, Callable[[dict[str, Any]], Any]] = {}
+
+
+def _compile_builder(cls: type) -> Callable[[dict[str, Any]], Any]:
+    """Generate `fresh` for one record class: set every field from the given values (or
+    its default) with no converter, for values the engine has just made and owns."""
+    namespace: dict[str, Any] = {"_new": object.__new__, "_set": object.__setattr__, "cls": cls}
+    lines = ["def build(values):", "    new = _new(cls)"]
+    for field in attrs.fields(cls):
+        name, alias = field.name, field.alias or field.name
+        if field.default is attrs.NOTHING:
+            value = f"values[{alias!r}]"
+        elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            namespace[f"factory_{name}"] = field.default.factory
+            value = f"values[{alias!r}] if {alias!r} in values else factory_{name}()"
+        else:
+            namespace[f"default_{name}"] = field.default
+            value = f"values.get({alias!r}, default_{name})"
+        lines.append(f"    _set(new, {name!r}, {value})")
+    lines.append("    return new")
+    exec("\n".join(lines), namespace)
+    builder: Callable[[dict[str, Any]], Any] = namespace["build"]
+    return builder
+
+
+def fresh(cls: type[R], **values: Any) -> R:
+    """Construct a record from values that are already in their stored form (enums,
+    JSON copies nobody else holds), skipping the converters. Engine-internal."""
+    builder = _BUILDERS.get(cls)
+    if builder is None:
+        builder = _BUILDERS[cls] = _compile_builder(cls)
+    new: R = builder(values)
+    return new
+
+
+def evolve(record: R, **changes: Any) -> R:
+    """`attrs.evolve` for hitl-core's records, faster: unchanged fields are carried over
+    as they are (already converted and copied), only changed ones go through their
+    converter. The hot paths make a few of these per call."""
+    cls = type(record)
+    evolver = _EVOLVERS.get(cls)
+    if evolver is None:
+        evolver = _EVOLVERS[cls] = _compile_evolver(cls)
+    new: R = evolver(record, changes)
+    return new
 
 
 def _copy_dict(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -310,7 +383,7 @@ class WebhookEndpoint:
 
     def masked(self) -> WebhookEndpoint:
         """This endpoint with its secret cut to the first 4 characters and "..."."""
-        return attrs.evolve(self, secret=self.secret[:4] + "...")
+        return evolve(self, secret=self.secret[:4] + "...")
 
 
 @attrs.frozen(kw_only=True)

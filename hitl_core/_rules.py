@@ -2,9 +2,12 @@
 
 Theory of operation: everything that decides a run's status transitions is in this file,
 and this file does not know who calls it. The rulebook is one `transitions.Machine`, built
-once at import with no model; each firing uses a throwaway cursor that carries only the
-current status, so nothing is bound to a run and a refused trigger leaves nothing behind.
-A trigger that is not valid from a status becomes one ConflictError here, the only place
+once at import with no model. At import it is fired on a throwaway cursor (an object
+that carries only the current status) for every status, trigger and guard value, and
+what it answered is kept in `_TABLE`; at run time firing is a dictionary lookup in that
+table, so a trigger costs nanoseconds instead of the machine's microseconds, and the
+machine stays the one source of truth (the table cannot say anything it did not). A
+trigger that is not valid from a status becomes one ConflictError here, the only place
 that imports `transitions`. The docs' lifecycle diagram is drawn from `TRANSITIONS`.
 """
 
@@ -62,10 +65,6 @@ _MACHINE = Machine(
     queued=False,
 )
 
-_SOURCES: dict[str, frozenset[str]] = {
-    name: frozenset(event.transitions) for name, event in _MACHINE.events.items()
-}
-
 
 class _Cursor:
     """The throwaway model a trigger fires on: just the current status."""
@@ -74,6 +73,25 @@ class _Cursor:
 
     def __init__(self, state: str) -> None:
         self.state = state
+
+
+def _fire_machine(status: RunStatus, trigger: str, last: bool) -> RunStatus | None:
+    """Ask the machine itself: the status after `trigger`, or None when it refuses."""
+    cursor = _Cursor(status.value)
+    try:
+        moved = _MACHINE.events[trigger].trigger(cursor, last=last)
+    except MachineError:
+        return None
+    return RunStatus(cursor.state) if moved else None
+
+
+# (status, trigger, last) -> the new status, or None for a refusal; every combination.
+_TABLE: dict[tuple[RunStatus, str, bool], RunStatus | None] = {
+    (status, trigger, last): _fire_machine(status, trigger, last)
+    for status in RunStatus
+    for trigger in _MACHINE.events
+    for last in (False, True)
+}
 
 
 def _refuse(trigger: str, status: RunStatus) -> ConflictError:
@@ -87,25 +105,28 @@ def _refuse(trigger: str, status: RunStatus) -> ConflictError:
 
 def check(status: RunStatus, trigger: str) -> None:
     """Raise the documented ConflictError unless `trigger` may fire from `status`."""
-    if status.value not in _SOURCES[trigger]:
+    if _TABLE[status, trigger, False] is None and _TABLE[status, trigger, True] is None:
         raise _refuse(trigger, status)
 
 
-def fire(status: RunStatus, trigger: str, **guards: Any) -> RunStatus:
-    """Fire `trigger` from `status` and return the new status (or raise ConflictError)."""
-    cursor = _Cursor(status.value)
-    try:
-        moved = _MACHINE.events[trigger].trigger(cursor, **guards)
-    except MachineError:
-        raise _refuse(trigger, status) from None
-    if not moved:  # a guard held every transition back: the rulebook has a hole
+def fire(status: RunStatus, trigger: str, *, last: bool = False) -> RunStatus:
+    """Fire `trigger` from `status` (with the guard input `last`: the decision resolved
+    the run's last pending request) and return the new status, or raise ConflictError."""
+    moved = _TABLE[status, trigger, last]
+    if moved is None:
         raise _refuse(trigger, status)
-    return RunStatus(cursor.state)
+    return moved
 
 
 def allowed_from(status: RunStatus) -> list[str]:
     """The triggers that may fire from `status`, sorted."""
-    return sorted(name for name, sources in _SOURCES.items() if status.value in sources)
+    return sorted(
+        {
+            trigger
+            for (source, trigger, _), dest in _TABLE.items()
+            if source is status and dest is not None
+        }
+    )
 
 
 def mermaid() -> str:

@@ -8,7 +8,6 @@ import heapq
 import itertools
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 
 from hitl_core import ConflictError, ValidationError
 from hitl_core._policy import is_pattern
@@ -46,6 +45,32 @@ def _page(
     return chosen, start + limit < len(ids)
 
 
+class _Transaction:
+    """One transaction of a MemoryStore (nested ones share the lock and roll back alone)."""
+
+    __slots__ = ("outer", "store")
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> MemoryStore:
+        store = self.store
+        store._lock.acquire()
+        self.outer, store._undo = store._undo, []
+        return store
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        store = self.store
+        try:
+            if kind is not None:
+                assert store._undo is not None
+                for undo in reversed(store._undo):
+                    undo()
+        finally:
+            store._undo = self.outer
+            store._lock.release()
+
+
 class MemoryStore(Store, Transaction):
     """Everything in process memory. The store is its own transaction object: a
     transaction holds the lock, and writes log their inverse for rollback."""
@@ -73,20 +98,9 @@ class MemoryStore(Store, Transaction):
         self._pending_deliveries: dict[str, None] = {}
 
     # -- Store -------------------------------------------------------------------
-    @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[Transaction]:
+    def transaction(self, *, write: bool) -> _Transaction:
         """Hold the lock for the block; undo every write if the block raises."""
-        with self._lock:
-            outer = self._undo
-            self._undo = []
-            try:
-                yield self
-            except BaseException:
-                for undo in reversed(self._undo):
-                    undo()
-                raise
-            finally:
-                self._undo = outer
+        return _Transaction(self)
 
     def close(self) -> None:
         """Nothing to release."""
