@@ -7,7 +7,7 @@ import functools
 import re
 from fnmatch import translate
 
-__all__ = ["is_pattern", "matches"]
+__all__ = ["is_pattern", "literal_prefix", "matches", "prefixes"]
 
 _WILDCARDS = frozenset("*?[")
 
@@ -15,6 +15,22 @@ _WILDCARDS = frozenset("*?[")
 def is_pattern(tool: str) -> bool:
     """True when `tool` holds a shell-style wildcard (`*`, `?` or `[`)."""
     return not _WILDCARDS.isdisjoint(tool)
+
+
+def literal_prefix(pattern: str) -> str:
+    """The part of a pattern before its first wildcard: every name it matches starts
+    with it. Stores index pattern policies by it, so a lookup probes only the prefixes
+    of the tool name instead of reading every pattern."""
+    for index, char in enumerate(pattern):
+        if char in _WILDCARDS:
+            return pattern[:index]
+    return pattern
+
+
+def prefixes(name: str) -> list[str]:
+    """Every prefix of `name`, from "" to the whole name: the literal prefixes a pattern
+    that matches `name` can have."""
+    return [name[:length] for length in range(len(name) + 1)]
 
 
 @functools.lru_cache(maxsize=4096)

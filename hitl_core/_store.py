@@ -87,8 +87,10 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     def candidate_policies(self, user_id: str | None, tool_name: str) -> Iterator[PermissionPolicy]:
-        """Policies of this scope that may cover `tool_name`: the exact one first, then
-        every pattern policy (one with `*`, `?` or `[`); the engine does the matching."""
+        """Policies of this scope that may cover `tool_name`: the exact one first, then,
+        in creation order, every pattern policy (one with `*`, `?` or `[`) whose literal
+        prefix (`_policy.literal_prefix`) is a prefix of `tool_name`. The engine does the
+        matching, so a store may also yield other pattern policies of the scope."""
 
     @abc.abstractmethod
     def list_policies(

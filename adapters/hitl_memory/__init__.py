@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from hitl_core import ConflictError, ValidationError
-from hitl_core._policy import is_pattern
+from hitl_core._policy import is_pattern, literal_prefix, prefixes
 from hitl_core._records import (
     Event,
     PermissionPolicy,
@@ -85,9 +85,12 @@ class MemoryStore(Store, Transaction):
         self._run_requests: dict[str, list[str]] = {}
         self._pending: dict[str, None] = {}
         self._policies: dict[str, PermissionPolicy] = {}
+        self._policy_order: dict[str, int] = {}
+        self._policy_counter = itertools.count()
         self._scope_tools: dict[tuple[str | None, str], str] = {}
         self._scope_policies: dict[str | None, dict[str, None]] = {}
-        self._scope_patterns: dict[str | None, dict[str, None]] = {}
+        # scope -> literal prefix -> pattern policy ids (insertion order)
+        self._scope_patterns: dict[str | None, dict[str, dict[str, None]]] = {}
         self._tasks: dict[str, Task] = {}
         self._events: list[Event] = []
         self._event_index: dict[str, int] = {}
@@ -226,7 +229,15 @@ class MemoryStore(Store, Transaction):
         exact = self.find_policy(user_id, tool_name)
         if exact is not None:
             yield exact
-        for policy_id in list(self._scope_patterns.get(user_id, ())):
+        by_prefix = self._scope_patterns.get(user_id)
+        if not by_prefix:
+            return
+        found = [
+            policy_id for prefix in prefixes(tool_name) for policy_id in by_prefix.get(prefix, ())
+        ]
+        if len(found) > 1:  # creation order across prefixes
+            found.sort(key=self._policy_order.__getitem__)
+        for policy_id in found:
             yield self._policies[policy_id]
 
     def list_policies(
@@ -249,16 +260,20 @@ class MemoryStore(Store, Transaction):
 
     def _index_policy(self, policy: PermissionPolicy) -> None:
         self._policies[policy.id] = policy
+        self._policy_order.setdefault(policy.id, next(self._policy_counter))
         self._scope_tools[(policy.user_id, policy.tool_name)] = policy.id
         self._scope_policies.setdefault(policy.user_id, {})[policy.id] = None
         if is_pattern(policy.tool_name):
-            self._scope_patterns.setdefault(policy.user_id, {})[policy.id] = None
+            by_prefix = self._scope_patterns.setdefault(policy.user_id, {})
+            by_prefix.setdefault(literal_prefix(policy.tool_name), {})[policy.id] = None
 
     def _unindex_policy(self, policy: PermissionPolicy) -> None:
         del self._policies[policy.id]
         del self._scope_tools[(policy.user_id, policy.tool_name)]
         del self._scope_policies[policy.user_id][policy.id]
-        self._scope_patterns.get(policy.user_id, {}).pop(policy.id, None)
+        if is_pattern(policy.tool_name):
+            by_prefix = self._scope_patterns[policy.user_id]
+            del by_prefix[literal_prefix(policy.tool_name)][policy.id]
 
     # -- tasks -------------------------------------------------------------------
     def get_task(self, task_id: str) -> Task | None:

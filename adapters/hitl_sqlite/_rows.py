@@ -3,10 +3,11 @@ and the conversions between rows and hitl-core records (`*_params`, `*_from_row`
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
-from hitl_core._policy import is_pattern
+from hitl_core._policy import is_pattern, literal_prefix
 from hitl_core._records import (
     Event,
     PermissionPolicy,
@@ -79,9 +80,11 @@ INSERT_RUN = (
 )
 # Compare-and-set: ?20 is the version the caller read.
 UPDATE_RUN = (
+    # id, user_id and created_at never change (the port says so): SET on user_id would
+    # rewrite runs_by_user on every update
     "UPDATE runs SET status = ?2, human_in_the_loop = ?3, permission_mode = ?4, "
-    "user_id = ?5, task_id = ?6, metadata = ?7, input_timeout = ?8, suspended = ?9, "
-    "created_at = ?10, updated_at = ?11, plan_approved = ?12, plan_revisions = ?13, "
+    "task_id = ?6, metadata = ?7, input_timeout = ?8, suspended = ?9, "
+    "updated_at = ?11, plan_approved = ?12, plan_revisions = ?13, "
     "remembered_allow = ?14, remembered_deny = ?15, "
     "deadline = ?16, output = ?17, error = ?18, version = ?19 "
     "WHERE id = ?1 AND version = ?20"
@@ -167,10 +170,9 @@ _REQUEST_COLUMNS = (
 SAVE_REQUEST = (
     f"INSERT INTO requests ({_REQUEST_COLUMNS}) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (request_id) DO UPDATE SET run_id = excluded.run_id, kind = excluded.kind, "
-    "tool_name = excluded.tool_name, tool_input = excluded.tool_input, "
-    "status = excluded.status, created_at = excluded.created_at, "
-    "resolved_at = excluded.resolved_at, answers = excluded.answers, "
+    # only what a decision changes: SET on run_id would rewrite requests_by_run needlessly
+    "ON CONFLICT (request_id) DO UPDATE SET tool_input = excluded.tool_input, "
+    "status = excluded.status, resolved_at = excluded.resolved_at, answers = excluded.answers, "
     "decision = excluded.decision, reason = excluded.reason, remember = excluded.remember, "
     "actor = excluded.actor, source = excluded.source"
 )
@@ -229,15 +231,28 @@ def request_from_row(row: Row) -> PermissionRequest:
 
 _POLICY_COLUMNS = "id, scope, tool_name, source, created_at"
 INSERT_POLICY = (
-    "INSERT INTO policies (id, scope, tool_name, source, created_at, is_pattern) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO policies (id, scope, tool_name, source, created_at, is_pattern, prefix) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 DELETE_POLICY = "DELETE FROM policies WHERE id = ?"
 GET_POLICY = f"SELECT {_POLICY_COLUMNS} FROM policies WHERE id = ?"
 FIND_POLICY = f"SELECT {_POLICY_COLUMNS} FROM policies WHERE scope = ? AND tool_name = ?"
-PATTERN_POLICIES = (
+MAX_PREFIXES = 500  # well under SQLite's host-parameter limit
+ALL_PATTERN_POLICIES = (
     f"SELECT {_POLICY_COLUMNS} FROM policies WHERE scope = ? AND is_pattern = 1 ORDER BY seq"
 )
+
+
+@functools.lru_cache(maxsize=MAX_PREFIXES + 1)
+def pattern_policies(count: int) -> str:
+    """SELECT for the pattern policies whose prefix is among `count` parameters."""
+    marks = ", ".join("?" * count)
+    return (
+        f"SELECT {_POLICY_COLUMNS} FROM policies WHERE scope = ? AND is_pattern = 1 "
+        f"AND prefix IN ({marks}) ORDER BY seq"
+    )
+
+
 POLICY_SEQ = "SELECT seq FROM policies WHERE id = ? AND scope = ?"
 LIST_POLICIES = (
     f"SELECT {_POLICY_COLUMNS} FROM policies WHERE scope = ? AND seq > ? ORDER BY seq LIMIT ?"
@@ -253,6 +268,7 @@ def policy_params(policy: PermissionPolicy) -> tuple[Any, ...]:
         policy.source,
         policy.created_at,
         is_pattern(policy.tool_name),
+        literal_prefix(policy.tool_name) if is_pattern(policy.tool_name) else None,
     )
 
 

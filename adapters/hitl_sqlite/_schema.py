@@ -82,12 +82,14 @@ SCHEMA: tuple[str, ...] = (
         scope      TEXT NOT NULL,
         tool_name  TEXT NOT NULL,
         is_pattern INTEGER NOT NULL,
+        prefix     TEXT,
         source     TEXT NOT NULL,
         created_at REAL NOT NULL
     )""",
     "CREATE UNIQUE INDEX policies_by_scope_tool ON policies (scope, tool_name)",
     "CREATE INDEX policies_by_scope ON policies (scope, seq)",
-    "CREATE INDEX policies_patterns ON policies (scope, seq) WHERE is_pattern = 1",
+    # pattern policies by their literal prefix: a lookup probes the tool name's prefixes
+    "CREATE INDEX policies_patterns ON policies (scope, prefix, seq) WHERE is_pattern = 1",
     """CREATE TABLE tasks (
         seq               INTEGER PRIMARY KEY,
         id                TEXT NOT NULL UNIQUE,

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from hitl_core import ConflictError, StoreError, ValidationError
+from hitl_core._policy import prefixes
 from hitl_core._records import (
     Event,
     PermissionPolicy,
@@ -544,7 +545,11 @@ class SqliteTransaction(Transaction):
         exact = self.find_policy(user_id, tool_name)
         if exact is not None:
             yield exact
-        rows = self._all(q.PATTERN_POLICIES, (q.scope(user_id),))
+        heads = prefixes(tool_name)
+        if len(heads) > q.MAX_PREFIXES:  # a very long name: read the scope's patterns
+            rows = self._all(q.ALL_PATTERN_POLICIES, (q.scope(user_id),))
+        else:
+            rows = self._all(q.pattern_policies(len(heads)), (q.scope(user_id), *heads))
         for row in rows:
             yield q.policy_from_row(row)
 

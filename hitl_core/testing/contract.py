@@ -776,6 +776,11 @@ class HitlContract:
         assert agent.request_tool("fs.read").source == "policy"
         assert agent.request_tool("db.read").status == "pending"
         assert agent.request_tool("fs.read.all").status == "pending"
+        hitl.permissions.create(tool="*.send")  # no literal prefix
+        hitl.permissions.create(tool="long" + "x" * 700 + "*")
+        assert agent.request_tool("gmail.send").source == "policy"
+        assert agent.request_tool("long" + "x" * 900).source == "policy"
+        assert agent.request_tool("long" + "x" * 600).status == "pending"
 
     def test_policy_scopes_never_cross(self, hitl: hitl_core.Hitl) -> None:
         users = (None, "cust_1", "cust_2")
