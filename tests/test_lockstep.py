@@ -17,8 +17,8 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     consumes,
     initialize,
-    multiple,
     invariant,
+    multiple,
     precondition,
     rule,
 )
