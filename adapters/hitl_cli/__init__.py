@@ -327,6 +327,46 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVE_HINT = (
+    "hitl serve needs the 'serve' extra (Starlette and uvicorn): "
+    "pip install 'hitl-core[serve]' (or pip install -e '.[serve]' in a clone)"
+)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import hitl_server
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print(f"error: {SERVE_HINT}", file=sys.stderr)
+        return 1
+    key = args.api_key or os.environ.get("HITL_API_KEY")
+    if not key:
+        print("error: no API key: pass --api-key KEY or set HITL_API_KEY", file=sys.stderr)
+        return 2
+    scenario = None
+    if args.scenario:
+        try:
+            scenario = load(args.scenario)
+        except ScenarioError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    try:
+        hitl_server.serve(
+            store_url(args.db),
+            host=args.host,
+            port=args.port,
+            api_key=key,
+            scenario=scenario,
+            webhook_interval=args.webhook_interval,
+        )
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -417,6 +457,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     tick = command("tick", cmd_tick, "apply every passed deadline now")
     json_flag(tick)
+
+    serve = command(
+        "serve",
+        cmd_serve,
+        "serve the hosted API's HITL endpoints over HTTP with a simulated agent",
+        store=False,
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument("--api-key", help="the bearer key clients send (default $HITL_API_KEY)")
+    serve.add_argument("--db", default=argparse.SUPPRESS, help="as hitl --db")
+    serve.add_argument("--scenario", help="a scenario file every run's agent follows")
+    serve.add_argument("--webhook-interval", type=float, default=0.5, help=argparse.SUPPRESS)
     return parser
 
 

@@ -1,0 +1,153 @@
+"""`hitl serve`: the hosted agent API's human-in-the-loop endpoints over HTTP on top of
+hitl-core, with a simulated agent, so the hosted API's own SDK can drive runs locally.
+Needs the `serve` extra (Starlette and uvicorn); see docs/serve.md."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from hitl_webhooks import Dispatcher
+
+import hitl_core
+
+from ._agent import Worker, default_program, scenario_program
+from ._api import Api
+from ._app import BODY_LIMIT, PREFIX, create_app
+from ._state import ServeState, state_path
+from ._wire import wire_safe_ids
+
+__all__ = [
+    "BODY_LIMIT",
+    "PREFIX",
+    "Server",
+    "create_app",
+    "default_program",
+    "open_server",
+    "scenario_program",
+    "serve",
+]
+
+
+class Server:
+    """An engine, its serve state, the agent worker and the ASGI app, opened together."""
+
+    def __init__(
+        self,
+        store_url: str,
+        *,
+        api_key: str,
+        scenario: Any = None,
+        agent_interval: float = 0.05,
+        webhook_interval: float = 0.5,
+        body_limit: int = BODY_LIMIT,
+    ) -> None:
+        self.store_url = store_url
+        self.hitl = hitl_core.connect(store_url, ids=wire_safe_ids)
+        try:
+            self.state = ServeState(state_path(store_url))
+        except BaseException:
+            self.hitl.close()
+            raise
+        self.worker = Worker(self.hitl, self.state, interval=agent_interval)
+        self.recovered = self.worker.recover()
+        self.api = Api(self.hitl, self.state, self.worker, scenario)
+        self.app = create_app(
+            self.api,
+            api_key=api_key,
+            body_limit=body_limit,
+            dispatcher=Dispatcher(self.hitl, timeout=5.0),
+            webhook_interval=webhook_interval,
+        )
+
+    def close(self) -> None:
+        """Close the serve state and the engine."""
+        self.state.close()
+        self.hitl.close()
+
+
+@contextlib.contextmanager
+def open_server(store_url: str, **options: Any) -> Iterator[Server]:
+    """`Server(store_url, **options)`, closed on exit."""
+    server = Server(store_url, **options)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def serve(
+    store_url: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str,
+    scenario: Any = None,
+    webhook_interval: float = 0.5,
+    agent_interval: float = 0.05,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the API on host:port until interrupted (SIGINT or SIGTERM). `port=0` picks a
+    free port; `announce` receives the base URL once the socket is bound."""
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.listen(128)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    with open_server(
+        store_url,
+        api_key=api_key,
+        scenario=scenario,
+        webhook_interval=webhook_interval,
+        agent_interval=agent_interval,
+    ) as server:
+        config = uvicorn.Config(
+            server.app, log_level="warning", access_log=False, lifespan="on", server_header=False
+        )
+        (announce or _print)(
+            f"hitl serve: http://{shown}:{bound}{PREFIX} (store {store_url}"
+            + (f"; {server.recovered} unfinished agent(s) resumed" if server.recovered else "")
+            + ")"
+        )
+        _run_until_signalled(uvicorn.Server(config), sock)
+
+
+def _run_until_signalled(server: Any, sock: socket.socket) -> None:
+    """Run uvicorn on a thread and stop it gracefully on SIGINT or SIGTERM, so the engine
+    and the serve state are closed afterwards (uvicorn itself would re-raise the signal
+    and end the process before they are)."""
+
+    def stop(signum: int, frame: object) -> None:
+        server.should_exit = True
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
+    try:
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="hitl-http", daemon=True
+        )
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+    sys.stdout.flush()
