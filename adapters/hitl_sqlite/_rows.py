@@ -12,10 +12,13 @@ from hitl_core._records import (
     Event,
     PermissionPolicy,
     PermissionRequest,
+    RequestStatus,
     Run,
+    RunStatus,
     Task,
     WebhookDelivery,
     WebhookEndpoint,
+    fresh,
 )
 
 __all__ = [
@@ -120,7 +123,7 @@ def run_params(run: Run) -> tuple[Any, ...]:
         run.permission_mode,
         run.user_id,
         run.task_id,
-        _json(run.metadata),
+        _json(run._metadata),  # the record's own dicts, read without a copy: encoded at once
         run.input_timeout,
         run.suspended,
         run.created_at,
@@ -130,17 +133,18 @@ def run_params(run: Run) -> tuple[Any, ...]:
         _names(run.remembered_allow),
         _names(run.remembered_deny),
         run.deadline,
-        _json(run.output),
+        _json(run._output),
         run.error,
         run.version,
     )
 
 
 def run_from_row(row: Row) -> Run:
-    """A Run from a row of `_RUN_COLUMNS`."""
-    return Run(
+    """A Run from a row of `_RUN_COLUMNS` (decoded JSON is fresh: no converter copies it)."""
+    return fresh(
+        Run,
         id=row[0],
-        status=row[1],
+        status=RunStatus(row[1]),
         human_in_the_loop=bool(row[2]),
         permission_mode=row[3],
         user_id=row[4],
@@ -194,11 +198,11 @@ def request_params(request: PermissionRequest) -> tuple[Any, ...]:
         request.run_id,
         request.kind,
         request.tool_name,
-        _encode(request.tool_input),
+        _encode(request._tool_input),
         request.status.value,
         request.created_at,
         request.resolved_at,
-        _json(request.answers),
+        _json(request._answers),
         request.decision,
         request.reason,
         request.remember,
@@ -209,13 +213,14 @@ def request_params(request: PermissionRequest) -> tuple[Any, ...]:
 
 def request_from_row(row: Row) -> PermissionRequest:
     """A PermissionRequest from a row of `_REQUEST_COLUMNS`."""
-    return PermissionRequest(
+    return fresh(
+        PermissionRequest,
         request_id=row[0],
         run_id=row[1],
         kind=row[2],
         tool_name=row[3],
         tool_input=_decode(row[4]),
-        status=row[5],
+        status=RequestStatus(row[5]),
         created_at=row[6],
         resolved_at=row[7],
         answers=_from_json(row[8]),
@@ -248,8 +253,10 @@ def pattern_policies(count: int) -> str:
     """SELECT for the pattern policies whose prefix is among `count` parameters."""
     marks = ", ".join("?" * count)
     return (
-        f"SELECT {_POLICY_COLUMNS} FROM policies WHERE scope = ? AND is_pattern = 1 "
-        f"AND prefix IN ({marks}) ORDER BY seq"
+        # without INDEXED BY the planner walks policies_by_scope for the ORDER BY: every
+        # policy of the scope; this way it probes one index entry per prefix, then sorts
+        f"SELECT {_POLICY_COLUMNS} FROM policies INDEXED BY policies_patterns "
+        f"WHERE scope = ? AND is_pattern = 1 AND prefix IN ({marks}) ORDER BY seq"
     )
 
 
@@ -328,12 +335,14 @@ LIST_RUN_EVENTS = (
 
 def event_params(event: Event) -> tuple[Any, ...]:
     """The parameters of INSERT_EVENT."""
-    return (event.id, event.type, event.run_id, event.created_at, _encode(event.data))
+    return (event.id, event.type, event.run_id, event.created_at, _encode(event._data))
 
 
 def event_from_row(row: Row) -> Event:
     """An Event from a row of `_EVENT_COLUMNS`."""
-    return Event(id=row[0], type=row[1], run_id=row[2], created_at=row[3], data=_decode(row[4]))
+    return fresh(
+        Event, id=row[0], type=row[1], run_id=row[2], created_at=row[3], data=_decode(row[4])
+    )
 
 
 # -- webhooks ---------------------------------------------------------------------------
