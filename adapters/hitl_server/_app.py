@@ -116,11 +116,16 @@ def _parse(raw: bytes) -> Any:
 Handler = Callable[[Call], Reply]
 
 
-def _endpoint(handler: Handler, limit: int) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(handlers: dict[str, Handler], limit: int) -> Callable[[Request], Awaitable[Response]]:
+    """One path's endpoint: read and parse the body, run the method's handler on a worker
+    thread (hitl-core calls block), and turn every refusal into the envelope."""
+
     async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        handler = handlers[method]
         try:
             body = None
-            if request.method in ("POST", "PATCH", "PUT"):
+            if method in ("POST", "PATCH", "PUT"):
                 body = _parse(await _read_body(request, limit))
             call = Call(
                 path={k: str(v) for k, v in request.path_params.items()},
@@ -159,13 +164,16 @@ def _routes(api: Api, limit: int) -> list[BaseRoute]:
         ("DELETE", "/webhooks/{webhook_id}", api.delete_webhook),
         ("GET", "/webhooks/{webhook_id}/deliveries", api.list_deliveries),
     ]
+    paths: dict[str, dict[str, Handler]] = {}
+    for method, path, handler in table:
+        paths.setdefault(path, {})[method] = handler
     routes: list[BaseRoute] = []
     collections = {"/runs", "/permissions", "/tasks", "/webhooks"}
-    for method, path, handler in table:
-        endpoint = _endpoint(handler, limit)
+    for path, handlers in paths.items():
+        endpoint = _endpoint(handlers, limit)
         # The SDK calls collections with a trailing slash ("/runs/"); accept both.
         for variant in (path, path + "/") if path in collections else (path,):
-            routes.append(Route(variant, endpoint, methods=[method], include_in_schema=False))
+            routes.append(Route(variant, endpoint, methods=list(handlers), include_in_schema=False))
     return routes
 
 

@@ -1,0 +1,271 @@
+"""`hitl serve` on raw HTTP (urllib, http.client): bad input of every kind gets the
+error envelope with the right status, never a 500, and a refused request changes
+nothing; the command's own refusals (no key, no extra, bad scenario) are one line."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import API_KEY, HITL, LiveServer, needs_serve_stack
+
+
+@pytest.fixture(scope="module")
+def url(live_server: LiveServer) -> str:
+    return live_server.url
+
+
+def call(
+    url: str,
+    method: str,
+    path: str,
+    body: bytes | str | object | None = None,
+    *,
+    key: str | None = API_KEY,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    """One request; returns the status, the headers and the decoded JSON answer."""
+    data: bytes | None
+    if body is None or isinstance(body, bytes):
+        data = body
+    elif isinstance(body, str):
+        data = body.encode()
+    else:
+        data = json.dumps(body).encode()
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if key is not None:
+        sent["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url + path, data=data, method=method, headers=sent)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, dict(answer.headers.items()), json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers.items()), json.loads(error.read())
+
+
+def refused(answer: tuple[int, dict[str, str], Any], status: int, code: str) -> dict[str, Any]:
+    got, _, body = answer
+    assert got == status, body
+    error = body["error"]
+    assert error["code"] == status and error["details"]["error_code"] == code, error
+    assert error["error_code"] == code and error["message"] and error["type"]
+    assert error["request_id"].startswith("req_")
+    return dict(error)
+
+
+def state(url: str) -> Any:
+    """Everything a refused request might have changed."""
+    runs = call(url, "GET", "/runs/?include_end_user_runs=true&limit=100")[2]
+    policies = call(url, "GET", "/permissions/?limit=100")[2]
+    hooks = call(url, "GET", "/webhooks/?limit=100")[2]
+    details = [
+        (r, call(url, "GET", f"/runs/{r['id']}/permissions")[2])
+        for r in runs["data"]
+        if r["status"] not in ("completed", "failed", "cancelled")
+    ]
+    return runs, policies, hooks, details
+
+
+def waiting_run(url: str) -> tuple[int, str]:
+    """A run in approval mode that waits on a tool request; its id and the request's."""
+    body = {
+        "message": "tool:db.migrate",
+        "stream": False,
+        "human_in_the_loop": True,
+        "permission_mode": "approval",
+    }
+    status, _, run = call(url, "POST", "/runs/", body)
+    assert status == 200, run
+    for _ in range(500):
+        requests = call(url, "GET", f"/runs/{run['id']}/permissions")[2]
+        if requests:
+            return run["id"], requests[0]["request_id"]
+        time.sleep(0.02)
+    raise AssertionError("the agent never asked")
+
+
+def test_a_missing_or_wrong_key_is_401(url: str) -> None:
+    for key, headers in (
+        (None, {}),
+        ("wrong", {}),
+        (API_KEY + "x", {}),
+        (None, {"Authorization": f"Basic {API_KEY}"}),
+        (None, {"Authorization": API_KEY}),
+    ):
+        answer = call(url, "GET", "/runs/", key=key, headers=headers)
+        refused(answer, 401, "invalid_api_key")
+        assert answer[1]["www-authenticate"] == "Bearer"
+    refused(call(url, "GET", "/nothing-here", key=None), 401, "invalid_api_key")
+    assert call(url, "GET", "/runs/", headers={"Authorization": f"bearer  {API_KEY}"})[0] == 200
+
+
+def test_unknown_paths_are_404_and_wrong_methods_405(url: str) -> None:
+    refused(call(url, "GET", "/nothing-here"), 404, "not_found")
+    refused(call(url, "GET", "/runs/1/nothing"), 404, "not_found")
+    root = url.rsplit("/api/v2", 1)[0]
+    refused(call(root, "GET", "/api/v3/runs/"), 404, "not_found")
+    answer = call(url, "PUT", "/runs/", {})
+    refused(answer, 405, "method_not_allowed")
+    assert "POST" in answer[1]["allow"] and "GET" in answer[1]["allow"]
+    refused(call(url, "DELETE", "/runs/5"), 405, "method_not_allowed")
+    for path in ("/runs/5", "/runs/abc", "/runs/run_nothing", "/runs/0", "/runs/-1"):
+        refused(call(url, "GET", path), 404, "run_not_found")
+    refused(call(url, "GET", "/tasks/x"), 404, "task_not_found")
+    refused(call(url, "DELETE", "/permissions/x"), 404, "policy_not_found")
+    refused(call(url, "GET", "/webhooks/x/deliveries"), 404, "webhook_not_found")
+
+
+def test_malformed_bodies_are_422_and_change_nothing(url: str) -> None:
+    run_id, request_id = waiting_run(url)
+    before = state(url)
+    bad: list[tuple[str, str, Any, str]] = [
+        ("POST", "/runs/", b"{not json", "invalid_json"),
+        ("POST", "/runs/", b"\xff\xfe{}", "invalid_json"),
+        ("POST", "/runs/", b'{"message": NaN}', "invalid_json"),
+        ("POST", "/runs/", b"[" * 100_000, "invalid_json"),
+        ("POST", "/runs/", [1, 2], "invalid_request"),
+        ("POST", "/runs/", "just text", "invalid_json"),
+        ("POST", "/runs/", {}, "invalid_request"),
+        ("POST", "/runs/", {"message": 5, "stream": False}, "invalid_request"),
+        ("POST", "/runs/", {"message": "m", "stream": "no"}, "invalid_request"),
+        ("POST", "/runs/", {"message": "m", "stream": False, "human_in_the_loop": "yes"},
+         "invalid_config"),
+        ("POST", "/runs/", {"message": "m", "stream": False, "metadata": "x"}, "invalid_config"),
+        ("POST", "/runs/", {"message": "m", "stream": False, "input_timeout": -1},
+         "invalid_config"),
+        ("POST", "/runs/", {"message": "m", "stream": False, "tools": "gmail"}, "invalid_request"),
+        ("POST", "/runs/", {"message": "m", "stream": False, "agent_id": "7"}, "invalid_request"),
+        ("POST", f"/runs/{run_id}/approve", {"decision": "allow"}, "invalid_request"),
+        ("POST", f"/runs/{run_id}/approve", {"request_id": request_id, "remember": "yes"},
+         "invalid_request"),
+        ("POST", f"/runs/{run_id}/approve", {"request_id": request_id, "decision": 1},
+         "invalid_decision"),
+        ("POST", f"/runs/{run_id}/answer", {"answers": "x"}, "invalid_answers"),
+        ("POST", f"/runs/{run_id}/answer", {}, "invalid_answers"),
+        ("PATCH", f"/runs/{run_id}/permission-mode", {"permission_mode": ["plan"]},
+         "invalid_permission_mode"),
+        ("PATCH", f"/runs/{run_id}/permission-mode", {}, "invalid_permission_mode"),
+        ("POST", "/permissions/", {"tool": {"name": "x"}}, "invalid_request"),
+        ("POST", "/permissions/", {"tool": "x", "user_id": 5}, "invalid_request"),
+        ("POST", "/webhooks/", {"url": 5}, "invalid_url"),
+        ("POST", "/webhooks/", {"url": "http://127.0.0.1:9/", "events": "run.completed"},
+         "invalid_event_type"),
+        ("POST", "/webhooks/", {"url": "http://127.0.0.1:9/", "user_id": "u"},
+         "user_webhooks_unsupported"),
+        ("POST", "/tasks/", {"name": "no instructions"}, "invalid_request"),
+        ("POST", "/tasks/", {"instructions": "x", "permission_mode": "yolo"},
+         "invalid_permission_mode"),
+        ("GET", "/runs/?limit=abc", None, "invalid_request"),
+        ("GET", "/runs/?limit=0", None, "invalid_request"),
+        ("GET", "/runs/?limit=101", None, "invalid_request"),
+        ("GET", "/runs/?status=done", None, "invalid_request"),
+        ("GET", "/runs/?starting_after=zzz", None, "invalid_cursor"),
+        ("GET", "/runs/?user_id=", None, "invalid_request"),
+        ("GET", "/permissions/?starting_after=12345", None, "invalid_cursor"),
+        ("GET", "/runs/?include_end_user_runs=maybe", None, "invalid_request"),
+    ]
+    for method, path, body, code in bad:
+        refused(call(url, method, path, body), 422, code)
+    assert state(url) == before
+
+
+def test_huge_bodies_are_413_declared_or_chunked(url: str) -> None:
+    before = state(url)
+    huge = json.dumps({"message": "x" * (2 << 20), "stream": False})
+    refused(call(url, "POST", "/runs/", huge), 413, "payload_too_large")
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    chunks = (b"x" * 65536 for _ in range(40))
+    connection.request(
+        "POST",
+        parts.path + "/runs/",
+        body=chunks,
+        headers={"Authorization": f"Bearer {API_KEY}", "Transfer-Encoding": "chunked"},
+        encode_chunked=True,
+    )
+    answer = connection.getresponse()
+    body = json.loads(answer.read())
+    assert answer.status == 413 and body["error"]["details"]["error_code"] == "payload_too_large"
+    connection.close()
+    assert state(url) == before
+
+
+def test_no_junk_makes_the_server_fail(url: str) -> None:
+    run_id, request_id = waiting_run(url)
+    paths = [
+        ("POST", "/runs/"), ("GET", "/runs/"), ("GET", f"/runs/{run_id}"),
+        ("POST", f"/runs/{run_id}/cancel"), ("GET", f"/runs/{run_id}/permissions"),
+        ("POST", f"/runs/{run_id}/answer"), ("POST", f"/runs/{run_id}/approve"),
+        ("PATCH", f"/runs/{run_id}/permission-mode"), ("POST", "/permissions/"),
+        ("GET", "/permissions/"), ("DELETE", "/permissions/1"), ("POST", "/tasks/"),
+        ("GET", "/tasks/1"), ("POST", "/tasks/1/runs"), ("POST", "/webhooks/"),
+        ("GET", "/webhooks/"), ("GET", "/webhooks/1"), ("PATCH", "/webhooks/1"),
+        ("DELETE", "/webhooks/1"), ("GET", "/webhooks/1/deliveries"),
+    ]
+    junk: list[Any] = [
+        None, [], "s", 0, True, {"x": None},
+        {"request_id": [request_id], "decision": {"a": 1}, "remember": 2, "reason": 5},
+        {"answers": {"q": [1, {}]}, "request_id": 7, "actor": []},
+        {"permission_mode": None, "message": "", "tool": None, "url": None, "events": [None]},
+        {"message": "m", "stream": False, "user_id": "", "metadata": {"k": float("1e308")}},
+        {"active": "no", "rotate_secret": "yes", "url": "http://[::1", "events": [1]},
+    ]
+    for method, path in paths:
+        for body in junk:
+            status, _, answer = call(url, method, path + "?limit=5&starting_after=x", body)
+            assert status < 500, (method, path, body, answer)
+            if status >= 400:
+                assert answer["error"]["details"]["error_code"], answer
+    refused(call(url, "POST", f"/runs/{run_id}/cancel"), 409, "run_not_active")
+
+
+# -- the command itself ------------------------------------------------------------------
+
+
+def hitl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k != "HITL_API_KEY"}
+    return subprocess.run(
+        [str(HITL), *args], capture_output=True, text=True, timeout=60, env={**clean, **(env or {})}
+    )
+
+
+def test_serve_without_a_key_says_so(tmp_path: Path) -> None:
+    needs_serve_stack()
+    result = hitl("serve", "--port", "0", "--db", str(tmp_path / "x.db"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: no API key: pass --api-key KEY or set HITL_API_KEY"
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_serve_with_a_broken_scenario_names_the_key(tmp_path: Path) -> None:
+    needs_serve_stack()
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[[steps]]\nagent = "fly"\n')
+    result = hitl("serve", "--api-key", "k", "--scenario", str(broken))
+    assert result.returncode == 2 and "steps[0].agent: unknown action 'fly'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_without_the_extra_prints_how_to_install_it() -> None:
+    if not HITL.exists():
+        pytest.skip("the hitl command is not installed (pip install -e .)")
+    code = (
+        "import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None\n"
+        "from hitl_cli import main; sys.exit(main(['serve', '--api-key', 'k']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "pip install 'hitl-core[serve]'" in result.stderr
+    assert "Traceback" not in result.stderr
