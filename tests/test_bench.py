@@ -1,0 +1,32 @@
+"""A smoke run of the benchmarks: every measurement still runs and reports (no timing
+assertions; speed is compared in bench/, never in unit tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_runs_and_reports(tmp_path: Path) -> None:
+    out_file = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--json", str(out_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "Pause-resume cycle" in result.stdout and "Ratios" in result.stdout
+    data = json.loads(out_file.read_text())
+    rates = data["cycles_per_second"]
+    for name in ("hitl-core memory://", "hitl-core sqlite FULL", "floor: sqlite3 FULL, 2 tx"):
+        assert rates[name] > 0
+    has_langgraph = importlib.util.find_spec("langgraph") is not None
+    assert (rates["LangGraph InMemorySaver"] is not None) == has_langgraph
+    assert data["bytes_per_paused_run"] > 0
+    assert [row["requests"] for row in data["latency"]] == [1000, 10_000]
