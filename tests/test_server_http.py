@@ -132,6 +132,8 @@ def test_malformed_bodies_are_422_and_change_nothing(url: str) -> None:
         ("POST", "/runs/", b"{not json", "invalid_json"),
         ("POST", "/runs/", b"\xff\xfe{}", "invalid_json"),
         ("POST", "/runs/", b'{"message": NaN}', "invalid_json"),
+        ("POST", "/runs/", b'{"message": "\\ud800", "stream": false}', "invalid_json"),
+        ("POST", "/runs/", b'{"message": "m", "n": 1' + b"0" * 5000 + b"}", "invalid_json"),
         ("POST", "/runs/", b"[" * 100_000, "invalid_json"),
         ("POST", "/runs/", [1, 2], "invalid_request"),
         ("POST", "/runs/", "just text", "invalid_json"),
@@ -177,6 +179,36 @@ def test_malformed_bodies_are_422_and_change_nothing(url: str) -> None:
     for method, path, body, code in bad:
         refused(call(url, method, path, body), 422, code)
     assert state(url) == before
+
+
+def test_a_suspended_run_resumes_on_a_late_decision(url: str) -> None:
+    body = {
+        "message": "tool:ops.restart",
+        "stream": False,
+        "human_in_the_loop": True,
+        "permission_mode": "approval",
+        "input_timeout": 0.2,
+    }
+    run = call(url, "POST", "/runs/", body)[2]
+    assert run["input_timeout"] == 0.2
+    for _ in range(300):
+        now = call(url, "GET", f"/runs/{run['id']}")[2]
+        if now["suspended"]:
+            break
+        time.sleep(0.02)
+    assert now["status"] == "awaiting_approval" and now["suspended"] is True
+    request = call(url, "GET", f"/runs/{run['id']}/permissions")[2][0]
+    assert request["timeout_seconds"] == 1  # 0.2 s, rounded up
+    status, _, decided = call(
+        url, "POST", f"/runs/{run['id']}/approve", {"request_id": request["request_id"]}
+    )
+    assert status == 200 and decided["resumed"] is True and decided["status"] == "allowed"
+    for _ in range(300):
+        now = call(url, "GET", f"/runs/{run['id']}")[2]
+        if now["status"] == "completed":
+            break
+        time.sleep(0.02)
+    assert now["status"] == "completed" and now["suspended"] is False
 
 
 def test_huge_bodies_are_413_declared_or_chunked(url: str) -> None:

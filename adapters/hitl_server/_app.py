@@ -108,9 +108,14 @@ def _parse(raw: bytes) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise ApiError(422, "invalid_json", f"the body is not valid JSON: {error}") from None
+    try:  # "\ud800" escapes decode to lone surrogates, which no UTF-8 store can keep
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(422, "invalid_json", "the body holds a lone surrogate escape") from None
+    return value
 
 
 Handler = Callable[[Call], Reply]

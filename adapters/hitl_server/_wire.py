@@ -5,6 +5,7 @@ tasks, webhook endpoints and deliveries."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from datetime import UTC, datetime
@@ -162,7 +163,7 @@ def request(
         "remembered": remembered,
         "auto_resolved": False,
         "can_remember": record.kind == "tool",
-        "timeout_seconds": round(input_timeout),
+        "timeout_seconds": math.ceil(input_timeout),
     }
 
 
