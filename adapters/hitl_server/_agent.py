@@ -24,6 +24,8 @@ log = logging.getLogger("hitl_server.agent")
 
 Step = dict[str, Any]
 
+POLL_MAX = 1.0
+"""The longest pause between two looks at a request an agent has waited on for long."""
 MAX_REVISIONS = 10
 """A plan revised this many times without approval makes the agent give up (fail)."""
 
@@ -165,6 +167,8 @@ class _Program:
     run_id: str
     steps: list[Step]
     progress: Progress
+    waiting_since: float | None = None
+    next_poll: float = 0.0
 
 
 class _Finished(Exception):
@@ -224,7 +228,10 @@ class Worker:
         """One pass over every agent."""
         with self._lock:
             programs = list(self._programs.values())
+        now = time.monotonic()
         for program in programs:
+            if now < program.next_poll:
+                continue
             before = program.progress.to_json()
             try:
                 self._advance(program)
@@ -242,6 +249,12 @@ class Worker:
             if program.progress.done:
                 with self._lock:
                     self._programs.pop(program.run_id, None)
+            elif program.progress.waiting:
+                # Poll a long wait less often: every 50 ms at first, every second at most.
+                since = program.waiting_since = program.waiting_since or now
+                program.next_poll = now + min(POLL_MAX, max(self.interval, (now - since) / 10))
+            else:
+                program.waiting_since, program.next_poll = None, 0.0
 
     # -- playing one agent -------------------------------------------------------------------
     def _give_up(self, program: _Program, why: str) -> None:

@@ -4,6 +4,7 @@ returns the hosted API's JSON. Refusals are hitl-core's errors or `ApiError`."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from ._state import ServeState
 
 __all__ = ["Api", "ApiError", "Call", "Reply"]
 
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 _RUN_KEYS = ("human_in_the_loop", "permission_mode", "user_id", "input_timeout", "metadata")
 
 
@@ -66,10 +68,9 @@ class Call:
         raw = self.query.get(name)
         if raw is None:
             return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValidationError("invalid_request", f"{name} must be an integer") from None
+        if not _INTEGER.fullmatch(raw):
+            raise ValidationError("invalid_request", f"{name} must be an integer")
+        return int(raw)
 
     def flag(self, name: str) -> bool:
         """A query parameter that must be true or false."""
