@@ -89,8 +89,9 @@ class Transaction(abc.ABC):
     def candidate_policies(self, user_id: str | None, tool_name: str) -> Iterator[PermissionPolicy]:
         """Policies of this scope that may cover `tool_name`: the exact one first, then,
         in creation order, every pattern policy (one with `*`, `?` or `[`) whose literal
-        prefix (`_policy.literal_prefix`) is a prefix of `tool_name`. The engine does the
-        matching, so a store may also yield other pattern policies of the scope."""
+        prefix (the part before its first wildcard: `_policy.literal_prefix`) is a prefix
+        of `tool_name`. The engine does the matching, so a store may also yield other
+        pattern policies of the scope."""
 
     @abc.abstractmethod
     def list_policies(
@@ -172,7 +173,8 @@ class Transaction(abc.ABC):
 
     @abc.abstractmethod
     def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
-        """Up to `limit` pending deliveries with next_retry_at <= now, earliest first."""
+        """Up to `limit` pending deliveries with next_retry_at <= now, earliest first, ties
+        in creation order (a missing next_retry_at counts as 0)."""
 
     @abc.abstractmethod
     def list_deliveries(
@@ -188,7 +190,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def transaction(self, *, write: bool) -> AbstractContextManager[Transaction]:
         """Open a transaction; it commits when the block ends normally and rolls back
-        when it raises. A write transaction excludes every other writer."""
+        when it raises. A write transaction excludes every other writer; a read
+        transaction sees committed data only. The engine never nests transactions."""
 
     @abc.abstractmethod
     def close(self) -> None:
