@@ -144,7 +144,9 @@ class Page:
             exec(compile(code, self.where(block), "exec"), self.namespace)
         except Exception as error:
             raise AssertionError(
-                f"the example at {self.where(block)} raised {type(error).__name__}: {error}"
+                f"the example at {self.where(block)} raised {type(error).__name__}: {error} "
+                "(a block that needs a file, an entry point or a live server says so in a "
+                "doc-test comment: see tests/test_doc_examples.py)"
             ) from error
 
     def write(self, block: Block, name: str) -> None:
