@@ -8,7 +8,8 @@ How a page runs:
   makes a file there, not in the repository), and docs/examples is on sys.path (so a page
   can import the example modules).
 - A block fails the test with its page and line when it raises. Nothing is skipped: a
-  block that must not run is not a python block (use ```text, ```sh, ```toml, ...).
+  block that must not run is not a python block (use ```text, ```sh, ```toml, ...), and
+  other names for Python (```py, ```pycon, ...) are refused, so none slips through.
 
 A block that needs a resource says so in an HTML comment on the line just before its
 fence (invisible on GitHub). The conventions:
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
+PYTHON_ALIASES = {"py", "python3", "py3", "pycon", "ipython", "pyi"}
 
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>[^`\n]*)$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*doc-test:\s*(?P<text>.*?)\s*-->\s*$")
@@ -189,6 +191,9 @@ def test_page_examples_run(path: Path, tmp_path: Path) -> None:
     with page_directory(tmp_path), contextlib.ExitStack() as stack:
         page = Page(path, stack)
         for block in blocks(path.read_text()):
+            assert block.language not in PYTHON_ALIASES, (
+                f"{page.where(block)}: mark Python blocks ```python, so that they run"
+            )
             if block.language == "python" or block.directive:
                 page.run(block)
         assert not page.unrun, (
