@@ -73,13 +73,14 @@ def open_store(url: str) -> Store:
 
 
 def connect(
-    url: str = "memory://",
+    url: str | Store = "memory://",
     *,
     clock: Clock | None = None,
     remember_scope: str = "user",
     ids: Callable[[str], str] | None = None,
 ) -> Hitl:
-    """Open the store at `url` and return the engine that works on it.
+    """Open the store at `url` and return the engine that works on it. `url` may also be
+    a `Store` object (an adapter under test that no entry point names yet).
 
     `clock` defaults to `SystemClock()`; `remember_scope` is "user" (a remembered allow
     becomes a policy of the run's user scope) or "run"; `ids(prefix)` makes ids (random
@@ -88,7 +89,8 @@ def connect(
         raise ValidationError(
             "invalid_config", f"remember_scope must be 'user' or 'run'; got {remember_scope!r}"
         )
-    return Hitl(open_store(url), clock or SystemClock(), remember_scope, ids or random_id)
+    store = url if isinstance(url, Store) else open_store(url)
+    return Hitl(store, clock or SystemClock(), remember_scope, ids or random_id)
 
 
 class Hitl:
@@ -352,7 +354,7 @@ class Runs:
             others = [p for p in pending if p.request_id != request.request_id]
             step = _logic.resolve(ctx, run, [answered], others, **changes)
             _save(tx, step, run)
-            return AnswerResult(request=answered, resumed=step.resumed)
+            return AnswerResult(request=step.requests[0], resumed=step.resumed)
 
         return self._engine._write(work)
 
@@ -418,7 +420,7 @@ class Runs:
                 changes = _logic.remembered(run, request.tool_name, decision) if keep else {}
                 step = _logic.resolve(ctx, run, [decided], pending, **changes)
                 _save(tx, step, run)
-                step_run, result_request, resumed = step.run, decided, step.resumed
+                step_run, result_request, resumed = step.run, step.requests[0], step.resumed
             if keep and decision == "allow" and engine.remember_scope == "user":
                 _ensure_policy(tx, ctx, step_run.user_id, request.tool_name, "run_approval")
             return ApproveResult(

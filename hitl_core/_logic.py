@@ -25,6 +25,9 @@ from ._records import (
 
 __all__ = ["Context", "Step"]
 
+PLAN_FIRST = "the plan is not approved yet: propose a plan and wait for its approval"
+DENIED_BEFORE = "a person denied this tool earlier in this run and asked to remember it"
+
 
 class Context:
     """What one call of the engine knows from outside: the time and an id source."""
@@ -199,9 +202,9 @@ def gate(
     if run.permission_mode == "autonomous":
         return ToolGate(status="allowed", source="autonomous")
     if run.permission_mode == "plan" and not run.plan_approved:
-        return ToolGate(status="denied", source="plan_not_approved")
+        return ToolGate(status="denied", source="plan_not_approved", reason=PLAN_FIRST)
     if tool_name in run.remembered_deny:
-        return ToolGate(status="denied", source="remembered")
+        return ToolGate(status="denied", source="remembered", reason=DENIED_BEFORE)
     if tool_name in run.remembered_allow:
         return ToolGate(status="allowed", source="remembered")
     source = policy_source()
@@ -230,6 +233,8 @@ def resolve(
     if not suspended and still_pending:
         deadline = min(request.created_at for request in still_pending) + run.input_timeout
     updated = _touch(run, ctx.now, status=status, suspended=suspended, deadline=deadline, **changes)
+    if resumed:
+        resolved = [evolve(request, resumed=True) for request in resolved]
     events = [_resolved_event(ctx, request) for request in resolved]
     if resumed:
         events.append(ctx.event("run.resumed", run.id, {}))

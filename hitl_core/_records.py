@@ -249,6 +249,9 @@ class PermissionRequest:
     remember: bool = False
     actor: str | None = None
     source: str | None = None
+    resumed: bool = False
+    """True when this decision restarted a suspended run: the agent that waited for it
+    live was freed at the timeout, so the host must start a new one (SPEC 6)."""
 
     @property
     def tool_input(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import hmac
 import time
 from collections.abc import Mapping
 
-__all__ = ["EVENT_TYPES", "sign", "signed_headers", "verify_signature"]
+__all__ = ["DEFAULT_EVENTS", "EVENT_TYPES", "sign", "signed_headers", "verify_signature"]
 
 EVENT_TYPES = (
     "run.started",

@@ -169,16 +169,16 @@ def run_from_row(row: Row) -> Run:
 
 _REQUEST_COLUMNS = (
     "request_id, run_id, kind, tool_name, tool_input, status, created_at, resolved_at, "
-    "answers, decision, reason, remember, actor, source"
+    "answers, decision, reason, remember, actor, source, resumed"
 )
 SAVE_REQUEST = (
     f"INSERT INTO requests ({_REQUEST_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     # only what a decision changes: SET on run_id would rewrite requests_by_run needlessly
     "ON CONFLICT (request_id) DO UPDATE SET tool_input = excluded.tool_input, "
     "status = excluded.status, resolved_at = excluded.resolved_at, answers = excluded.answers, "
     "decision = excluded.decision, reason = excluded.reason, remember = excluded.remember, "
-    "actor = excluded.actor, source = excluded.source"
+    "actor = excluded.actor, source = excluded.source, resumed = excluded.resumed"
 )
 GET_REQUEST = f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?"
 RUN_REQUESTS = f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE run_id = ? ORDER BY seq"
@@ -208,6 +208,7 @@ def request_params(request: PermissionRequest) -> tuple[Any, ...]:
         request.remember,
         request.actor,
         request.source,
+        request.resumed,
     )
 
 
@@ -229,6 +230,7 @@ def request_from_row(row: Row) -> PermissionRequest:
         remember=bool(row[11]),
         actor=row[12],
         source=row[13],
+        resumed=bool(row[14]),
     )
 
 

@@ -68,7 +68,8 @@ SCHEMA: tuple[str, ...] = (
         reason      TEXT,
         remember    INTEGER NOT NULL,
         actor       TEXT,
-        source      TEXT
+        source      TEXT,
+        resumed     INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX requests_by_run ON requests (run_id, seq)",
     # Only pending requests are in this index: a run's pending ones are found without

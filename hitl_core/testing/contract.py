@@ -28,7 +28,7 @@ from hitl_core import (
 
 from .helpers import QUESTION, snapshot, two_questions
 
-__all__ = ["HitlContract"]
+__all__ = ["HitlContract", "refused"]
 
 START = 1000.0
 
@@ -603,6 +603,7 @@ class HitlContract:
                 "plan_not_approved",
                 None,
             )
+            assert gate.reason and "plan" in gate.reason
         assert hitl.runs.permissions(run.id) == []
         agent.propose_plan("do it")
         hitl.runs.answer(run.id, answers={"Plan Approval": "Approve"})
@@ -612,6 +613,8 @@ class HitlContract:
         hitl.runs.approve(run.id, request_id=gate.request_id, decision="deny", remember=True)
         denied = agent.request_tool("gmail.send")
         assert (denied.status, denied.source, denied.request_id) == ("denied", "remembered", None)
+        assert denied.reason and "denied" in denied.reason
+        assert agent.request_tool("calendar.read").reason is None
         assert agent.request_tool("gmail.send", safe=True).source == "safe"
         hitl.runs.update_permission_mode(run.id, permission_mode="autonomous")
         assert agent.request_tool("gmail.send").source == "autonomous"
@@ -856,7 +859,8 @@ class HitlContract:
         clock.advance(10 * 24 * 3600)  # no limit on the pause
         assert hitl.tick() == []
         result = hitl.runs.approve(run.id, request_id=gate.request_id)
-        assert result.resumed is True
+        assert result.resumed is True and result.request.resumed is True
+        assert hitl.agent(run.id).result(gate.request_id).resumed is True
         resumed = hitl.runs.get(run.id)
         assert resumed.status == "running" and resumed.suspended is False
         types = [e.type for e in hitl.events.list(run_id=run.id)]
@@ -928,6 +932,7 @@ class HitlContract:
         gate = hitl.agent(run.id).request_tool("a")
         clock.advance(74)
         assert hitl.runs.approve(run.id, request_id=gate.request_id).resumed is False
+        assert hitl.agent(run.id).result(gate.request_id).resumed is False
         clock.advance(100)
         assert hitl.tick() == []
         assert "run.resumed" not in [e.type for e in hitl.events.list(run_id=run.id)]

@@ -7,7 +7,15 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-__all__ = ["configs", "modes", "policy_tools", "questions", "tool_names", "users"]
+__all__ = [
+    "configs",
+    "modes",
+    "policy_tools",
+    "question",
+    "questions",
+    "tool_names",
+    "users",
+]
 
 modes = st.sampled_from(["autonomous", "approval", "plan"])
 """Every permission mode."""
