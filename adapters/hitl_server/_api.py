@@ -186,9 +186,7 @@ class Api:
             config["user_id"] = owner
         return config
 
-    def _program(
-        self, message: str, run: Run, tools: list[str] | None
-    ) -> list[dict[str, Any]]:
+    def _program(self, message: str, run: Run, tools: list[str] | None) -> list[dict[str, Any]]:
         if self.scenario is not None:
             return scenario_program(self.scenario)
         return default_program(message, permission_mode=run.permission_mode, tools=tools)
