@@ -54,8 +54,10 @@ class ManualClock:
 
 
 def _seconds(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValidationError("invalid_request", f"{name} must be a number of seconds")
-    if not math.isfinite(value):
-        raise ValidationError("invalid_request", f"{name} must be finite")
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, (int, float)) else math.nan
+    except OverflowError:  # an int too large for a float
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ValidationError("invalid_request", f"{name} must be a finite number of seconds")
+    return number

@@ -17,7 +17,7 @@ from ._clock import Clock, SystemClock
 from ._errors import ConflictError, NotFoundError, ValidationError
 from ._logic import Context, Step
 from ._outbox import Webhooks
-from ._policy import matches
+from ._policy import exactly, matches
 from ._records import (
     AnswerResult,
     ApproveResult,
@@ -30,9 +30,11 @@ from ._records import (
     RunStatus,
     Task,
     ToolGate,
+    evolve,
     json_copy,
 )
 from ._store import Store, Transaction
+from ._validate import shown
 
 __all__ = ["Agent", "Events", "Hitl", "Permissions", "Runs", "Tasks", "connect"]
 
@@ -55,7 +57,9 @@ def random_id(prefix: str) -> str:
 def open_store(url: str) -> Store:
     """The store for `url`, found by its scheme in the `hitl_core.stores` entry points."""
     if not isinstance(url, str) or "://" not in url:
-        raise ValidationError("invalid_url", f"a store URL looks like 'memory://'; got {url!r}")
+        raise ValidationError(
+            "invalid_url", f"a store URL looks like 'memory://'; got {shown(url)}"
+        )
     scheme = url.split("://", 1)[0]
     found = [ep for ep in entry_points(group=STORE_GROUP) if ep.name == scheme]
     if not found:
@@ -87,8 +91,10 @@ def connect(
     by default; a deterministic source is useful in simulations)."""
     if remember_scope not in REMEMBER_SCOPES:
         raise ValidationError(
-            "invalid_config", f"remember_scope must be 'user' or 'run'; got {remember_scope!r}"
+            "invalid_config", f"remember_scope must be 'user' or 'run'; got {shown(remember_scope)}"
         )
+    if clock is not None and not callable(getattr(clock, "now", None)):
+        raise ValidationError("invalid_config", f"a clock has a now() method; got {shown(clock)}")
     store = url if isinstance(url, Store) else open_store(url)
     return Hitl(store, clock or SystemClock(), remember_scope, ids or random_id)
 
@@ -179,7 +185,7 @@ class Hitl:
         """The run, or 404; then the rulebook's refusal (409) if `trigger` can't fire."""
         run = tx.get_run(run_id) if isinstance(run_id, str) else None
         if run is None:
-            raise NotFoundError("run_not_found", f"no run {run_id!r}")
+            raise NotFoundError("run_not_found", f"no run {shown(run_id)}")
         if trigger is not None:
             _rules.check(run.status, trigger)
         return run
@@ -279,7 +285,7 @@ class Runs:
         """A page of runs, oldest first, optionally of one user and one status."""
         user = check.user(user_id, "invalid_request")
         if status is not None and status not in RunStatus.__members__.values():
-            raise ValidationError("invalid_request", f"unknown run status {status!r}")
+            raise ValidationError("invalid_request", f"unknown run status {shown(status)}")
         count = check.limit(limit)
         cursor = check.cursor(starting_after)
 
@@ -375,14 +381,16 @@ class Runs:
             run = Hitl._run(tx, run_id, "decide")
             if decision not in ("allow", "deny"):
                 raise ValidationError(
-                    "invalid_decision", f"decision must be 'allow' or 'deny'; got {decision!r}"
+                    "invalid_decision", f"decision must be 'allow' or 'deny'; got {shown(decision)}"
                 )
             keep = check.flag(remember, "remember")
             why = check.optional_text(reason, "reason")
             who = check.optional_text(actor, "actor")
             request = tx.get_request(request_id) if isinstance(request_id, str) else None
             if request is None or request.run_id != run.id or request.kind != "tool":
-                raise NotFoundError("gate_not_found", f"no tool request {request_id!r} on this run")
+                raise NotFoundError(
+                    "gate_not_found", f"no tool request {shown(request_id)} on this run"
+                )
             wanted = RequestStatus.ALLOWED if decision == "allow" else RequestStatus.DENIED
             if request.status is RequestStatus.CANCELLED:
                 raise NotFoundError("gate_cancelled", f"request {request_id} was cancelled")
@@ -422,7 +430,8 @@ class Runs:
                 _save(tx, step, run)
                 step_run, result_request, resumed = step.run, step.requests[0], step.resumed
             if keep and decision == "allow" and engine.remember_scope == "user":
-                _ensure_policy(tx, ctx, step_run.user_id, request.tool_name, "run_approval")
+                tool = exactly(request.tool_name)  # a name, never a pattern
+                _ensure_policy(tx, ctx, step_run.user_id, tool, "run_approval")
             return ApproveResult(
                 request=result_request,
                 resumed=resumed,
@@ -475,7 +484,8 @@ def _answerable(
         or found.status not in (RequestStatus.PENDING, RequestStatus.ANSWERED)
     ):
         raise ConflictError(
-            "not_awaiting_input", f"run {run.id} has no question or plan request {request_id!r}"
+            "not_awaiting_input",
+            f"run {run.id} has no question or plan request {shown(request_id)}",
         )
     return found
 
@@ -567,7 +577,7 @@ class Agent:
             run = Hitl._run(tx, self.run_id)
             request = tx.get_request(request_id) if isinstance(request_id, str) else None
             if request is None or request.run_id != run.id:
-                raise NotFoundError("gate_not_found", f"no request {request_id!r} on this run")
+                raise NotFoundError("gate_not_found", f"no request {shown(request_id)} on this run")
             return request
 
         return self._engine._read(work)
@@ -591,7 +601,7 @@ class Agent:
         def work(tx: Transaction, ctx: Context) -> Run:
             run = Hitl._run(tx, self.run_id, "fail")
             if isinstance(error, BaseException):
-                message = f"{type(error).__name__}: {error}"
+                message = _describe_exception(error)
             else:
                 message = check.text(error, "error")
             pending = tx.list_requests(run.id, pending_only=True)
@@ -600,6 +610,17 @@ class Agent:
             return step.run
 
         return self._engine._write(work)
+
+
+def _describe_exception(error: BaseException) -> str:
+    """`Type: message` for an exception, whatever its `__str__` does; text with no UTF-8
+    form (an undecodable file name, say) is escaped so that every store can keep it."""
+    try:
+        text = str(error)
+    except Exception:  # a broken __str__ must not stop the run from failing
+        text = "<unprintable>"
+    message = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Permissions:
@@ -612,7 +633,19 @@ class Permissions:
         """Pre-approve a tool name or pattern for a scope; the same pair gives the same policy."""
         name = check.text(tool, "tool")
         user = check.user(user_id, "invalid_request")
-        return self._engine._write(lambda tx, ctx: _ensure_policy(tx, ctx, user, name, "api"))
+
+        def work(tx: Transaction, ctx: Context) -> PermissionPolicy:
+            existing = tx.find_policy(user, name)
+            if existing is not None and existing.source == "run_approval":
+                # an explicit pre-approval of a tool a person had remembered: it becomes
+                # an api policy (SPEC 5), keeping its id and time
+                promoted = evolve(existing, source="api")
+                tx.delete_policy(existing.id)
+                tx.insert_policy(promoted)
+                return promoted
+            return _ensure_policy(tx, ctx, user, name, "api")
+
+        return self._engine._write(work)
 
     def list(
         self, *, user_id: str | None = None, limit: int = 20, starting_after: str | None = None
@@ -639,7 +672,9 @@ class Permissions:
         def work(tx: Transaction, ctx: Context) -> PermissionPolicy:
             policy = tx.get_policy(policy_id) if isinstance(policy_id, str) else None
             if policy is None or policy.user_id != user:
-                raise NotFoundError("policy_not_found", f"no policy {policy_id!r} in this scope")
+                raise NotFoundError(
+                    "policy_not_found", f"no policy {shown(policy_id)} in this scope"
+                )
             tx.delete_policy(policy.id)
             return policy
 
@@ -719,7 +754,7 @@ class Tasks:
 def _task(tx: Transaction, task_id: object) -> Task:
     task = tx.get_task(task_id) if isinstance(task_id, str) else None
     if task is None:
-        raise NotFoundError("task_not_found", f"no task {task_id!r}")
+        raise NotFoundError("task_not_found", f"no task {shown(task_id)}")
     return task
 
 

@@ -19,6 +19,7 @@ from ._errors import NotFoundError, ValidationError
 from ._logic import Context
 from ._records import Event, Page, WebhookDelivery, WebhookEndpoint, evolve
 from ._store import Transaction
+from ._validate import shown
 from .webhooks import DEFAULT_EVENTS, EVENT_TYPES, signed_headers
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["Outgoing", "Webhooks"]
 
 CURSOR = "webhooks"
+START = "start"  # the cursor before the first event: set when the log was empty
 MAX_ATTEMPTS = 3
 BACKOFF = (2.0, 4.0)
 _BODY_LIMIT = 1000
@@ -47,12 +49,12 @@ def _url(value: object) -> str:
     """An ASCII http(s) URL with a host, no credentials and no spaces (422 invalid_url)."""
     problem = "a webhook URL is an ASCII http(s) URL with a host"
     if not isinstance(value, str) or not value or len(value) > _MAX_URL:
-        raise ValidationError("invalid_url", f"{problem}; got {value!r}")
+        raise ValidationError("invalid_url", f"{problem}; got {shown(value)}")
     try:
         parts = urlsplit(value)
         port_ok = parts.port is None or 0 < parts.port < 65536
     except ValueError:
-        raise ValidationError("invalid_url", f"{problem}; got {value!r}") from None
+        raise ValidationError("invalid_url", f"{problem}; got {shown(value)}") from None
     if (
         not value.isascii()
         or any(ch.isspace() for ch in value)
@@ -60,7 +62,7 @@ def _url(value: object) -> str:
         or not parts.hostname
         or not port_ok
     ):
-        raise ValidationError("invalid_url", f"{problem}; got {value!r}")
+        raise ValidationError("invalid_url", f"{problem}; got {shown(value)}")
     if parts.username or parts.password:
         raise ValidationError("invalid_url", "a webhook URL must not hold credentials")
     return value
@@ -95,7 +97,7 @@ def payload(event: Event) -> str:
 def _endpoint(tx: Transaction, endpoint_id: object) -> WebhookEndpoint:
     found = tx.get_endpoint(endpoint_id) if isinstance(endpoint_id, str) else None
     if found is None:
-        raise NotFoundError("webhook_not_found", f"no webhook endpoint {endpoint_id!r}")
+        raise NotFoundError("webhook_not_found", f"no webhook endpoint {shown(endpoint_id)}")
     return found
 
 
@@ -141,10 +143,8 @@ class Webhooks:
         wanted = _events(events)
 
         def work(tx: Transaction, ctx: Context) -> WebhookEndpoint:
-            if tx.get_cursor(CURSOR) is None:  # start the outbox at the present
-                last = tx.last_event_id()
-                if last is not None:
-                    tx.set_cursor(CURSOR, last)
+            if tx.get_cursor(CURSOR) is None:  # the first endpoint: start at the present
+                tx.set_cursor(CURSOR, tx.last_event_id() or START)
             endpoint = WebhookEndpoint(
                 id=ctx.new_id("whk"),
                 url=target,
@@ -233,7 +233,7 @@ class Webhooks:
     ) -> Page[WebhookDelivery]:
         """The endpoint's delivery log, oldest first, optionally of one status."""
         if status not in (None, "pending", "delivered", "failed"):
-            raise ValidationError("invalid_request", f"unknown delivery status {status!r}")
+            raise ValidationError("invalid_request", f"unknown delivery status {shown(status)}")
         count, cursor = check.limit(limit), check.cursor(starting_after)
 
         def work(tx: Transaction, ctx: Context) -> Page[WebhookDelivery]:
@@ -256,10 +256,12 @@ class Webhooks:
     def enqueue(self, limit: int = 1000) -> int:
         """Turn events recorded since the last call into pending deliveries for every
         active endpoint subscribed to their type; return how many were made."""
+        count = check.limit(limit, 1000)
 
         def work(tx: Transaction, ctx: Context) -> int:
             cursor = tx.get_cursor(CURSOR)
-            events = tx.list_events(after=cursor, run_id=None, limit=limit)
+            after = None if cursor in (None, START) else cursor
+            events = tx.list_events(after=after, run_id=None, limit=count)
             if not events:
                 return 0
             endpoints = [e for e in _all_endpoints(tx) if e.active and e.events]
@@ -289,23 +291,19 @@ class Webhooks:
     def claim(self, *, limit: int = 10, lease_seconds: float = 60.0) -> builtins.list[Outgoing]:
         """Take up to `limit` due deliveries for sending: each counts an attempt and is
         held for `lease_seconds` (if the worker dies, it is due again after that)."""
-        if (
-            not isinstance(lease_seconds, (int, float))
-            or not math.isfinite(lease_seconds)
-            or (lease_seconds <= 0)
-        ):
-            raise ValidationError("invalid_request", "lease_seconds must be > 0")
+        lease = check.seconds(lease_seconds, "lease_seconds", "invalid_request")
+        count = check.limit(limit)
 
         def work(tx: Transaction, ctx: Context) -> builtins.list[Outgoing]:
             claimed: builtins.list[Outgoing] = []
-            for delivery in tx.due_deliveries(ctx.now, limit):
+            for delivery in tx.due_deliveries(ctx.now, count):
                 endpoint = tx.get_endpoint(delivery.endpoint_id)
                 if endpoint is None or not endpoint.active:
                     continue  # deactivation already failed it; deletion removed it
                 leased = evolve(
                     delivery,
                     attempts=delivery.attempts + 1,
-                    next_retry_at=ctx.now + lease_seconds,
+                    next_retry_at=ctx.now + lease,
                     updated_at=ctx.now,
                 )
                 tx.save_deliveries([leased])
@@ -338,17 +336,33 @@ class Webhooks:
         repeats) until `max_attempts`, then the delivery has failed. An outcome for an
         attempt that is no longer the current one changes nothing."""
 
+        if isinstance(attempt, bool) or not isinstance(attempt, int):
+            raise ValidationError("invalid_request", "attempt must be an integer")
+        if status_code is not None and (
+            isinstance(status_code, bool)
+            or not isinstance(status_code, int)
+            or not 100 <= status_code <= 599
+        ):
+            raise ValidationError("invalid_request", "status_code must be an HTTP status or None")
+        body_text = check.optional_text(response_body, "response_body")
+        why = check.optional_text(error, "error")
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValidationError("invalid_request", "max_attempts must be an integer >= 1")
+        waits = [
+            check.seconds(wait, "backoff", "invalid_request", allow_zero=True) for wait in backoff
+        ]
+
         def work(tx: Transaction, ctx: Context) -> WebhookDelivery:
             delivery = tx.get_delivery(delivery_id) if isinstance(delivery_id, str) else None
             if delivery is None:
-                raise NotFoundError("delivery_not_found", f"no delivery {delivery_id!r}")
+                raise NotFoundError("delivery_not_found", f"no delivery {shown(delivery_id)}")
             if delivery.status != "pending" or delivery.attempts != attempt:
                 return delivery
-            body = None if response_body is None else response_body[:_BODY_LIMIT]
+            body = None if body_text is None else body_text[:_BODY_LIMIT]
             outcome: dict[str, Any] = {
                 "response_status_code": status_code,
                 "response_body": body,
-                "error": error,
+                "error": why,
                 "updated_at": ctx.now,
             }
             if status_code is not None and 200 <= status_code < 300:
@@ -356,7 +370,7 @@ class Webhooks:
             elif delivery.attempts >= max_attempts:
                 outcome.update(status="failed", next_retry_at=None)
             else:
-                wait = backoff[min(delivery.attempts, len(backoff)) - 1] if backoff else 0.0
+                wait = waits[min(delivery.attempts, len(waits)) - 1] if waits else 0.0
                 outcome.update(next_retry_at=ctx.now + wait)
             recorded = evolve(delivery, **outcome)
             tx.save_deliveries([recorded])

@@ -7,7 +7,7 @@ import functools
 import re
 from fnmatch import translate
 
-__all__ = ["is_pattern", "literal_prefix", "matches", "prefixes"]
+__all__ = ["exactly", "is_pattern", "literal_prefix", "matches", "prefixes"]
 
 _WILDCARDS = frozenset("*?[")
 
@@ -15,6 +15,15 @@ _WILDCARDS = frozenset("*?[")
 def is_pattern(tool: str) -> bool:
     """True when `tool` holds a shell-style wildcard (`*`, `?` or `[`)."""
     return not _WILDCARDS.isdisjoint(tool)
+
+
+def exactly(name: str) -> str:
+    """A policy tool that matches `name` and nothing else: its wildcard characters are
+    bracketed (`*` -> `[*]`, `?` -> `[?]`, `[` -> `[[]`). A remembered allow is stored so:
+    a tool the agent named `*` must not become a policy that allows every tool."""
+    if not is_pattern(name):
+        return name
+    return "".join(f"[{char}]" if char in _WILDCARDS else char for char in name)
 
 
 def literal_prefix(pattern: str) -> str:

@@ -73,28 +73,42 @@ def encodable(value: str, code: str, what: str) -> str:
     return value
 
 
-def json_copy(value: Any, code: str = "invalid_request", what: str = "value") -> Any:
+MAX_DEPTH = 64
+"""How deeply JSON data may nest (and so no cycles): deeper is refused, not a crash."""
+MAX_INT = 2**63
+"""Integers must fit in 64 bits, as every store and JSON parser keeps them exactly."""
+
+
+def json_copy(
+    value: Any, code: str = "invalid_request", what: str = "value", _depth: int = 0
+) -> Any:
     """Return a deep copy of a JSON-like value, or raise ValidationError(code).
 
     Accepts dicts with string keys, lists and tuples (copied as lists), strings with a
-    UTF-8 form, ints, finite floats, bools and None."""
+    UTF-8 form, 64-bit ints, finite floats, bools and None, nested at most MAX_DEPTH deep."""
     if isinstance(value, str):
         return encodable(value, code, what)
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -MAX_INT <= value < MAX_INT:
+            raise ValidationError(code, f"{what} holds an integer beyond 64 bits")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError(code, f"{what} holds a non-finite number")
         return value
+    if _depth >= MAX_DEPTH:
+        raise ValidationError(code, f"{what} nests deeper than {MAX_DEPTH} levels (or loops)")
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValidationError(code, f"{what} has a non-string key {key!r}")
-            out[encodable(key, code, what)] = json_copy(item, code, what)
+            out[encodable(key, code, what)] = json_copy(item, code, what, _depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [json_copy(item, code, what) for item in value]
+        return [json_copy(item, code, what, _depth + 1) for item in value]
     raise ValidationError(code, f"{what} holds a {type(value).__name__}, not JSON data")
 
 

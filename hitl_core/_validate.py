@@ -24,6 +24,15 @@ DEFAULT_INPUT_TIMEOUT = 75.0
 MAX_QUESTIONS = 4
 
 
+def shown(value: object) -> str:
+    """A short repr for an error message (a huge int has none it could print)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def limit(value: object, maximum: int = 100) -> int:
     """A page size from 1 to `maximum`, or 422 invalid_request."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
@@ -34,13 +43,13 @@ def limit(value: object, maximum: int = 100) -> int:
 def cursor(value: object) -> str | None:
     """None or an id string to page after (422 invalid_cursor otherwise)."""
     if value is not None and not isinstance(value, str):
-        raise ValidationError("invalid_cursor", f"a cursor is an id string; got {value!r}")
+        raise ValidationError("invalid_cursor", f"a cursor is an id string; got {shown(value)}")
     return value
 
 
 def unknown_cursor(value: object) -> ValidationError:
     """The error for a cursor that names nothing in the listing."""
-    return ValidationError("invalid_cursor", f"{value!r} names nothing in this listing")
+    return ValidationError("invalid_cursor", f"{shown(value)} names nothing in this listing")
 
 
 def mode(value: object) -> str:
@@ -48,7 +57,7 @@ def mode(value: object) -> str:
     if not isinstance(value, str) or value not in MODES:
         raise ValidationError(
             "invalid_permission_mode",
-            f"permission_mode must be one of {', '.join(MODES)}; got {value!r}",
+            f"permission_mode must be one of {', '.join(MODES)}; got {shown(value)}",
         )
     return value
 
@@ -57,7 +66,7 @@ def switch(value: object) -> bool:
     """A real bool for human_in_the_loop, or 422 invalid_config."""
     if not isinstance(value, bool):
         raise ValidationError(
-            "invalid_config", f"human_in_the_loop must be True or False; got {value!r}"
+            "invalid_config", f"human_in_the_loop must be True or False; got {shown(value)}"
         )
     return value
 
@@ -71,18 +80,30 @@ def combination(human_in_the_loop: bool, permission_mode: str) -> None:
         )
 
 
-def timeout(value: object) -> float:
-    """A finite number of seconds > 0, or 422 invalid_config."""
+def seconds(
+    value: object, what: str, code: str = "invalid_config", *, allow_zero: bool = False
+) -> float:
+    """A finite number of seconds > 0 (or >= 0), as a float; 422 `code` otherwise."""
+    try:
+        number = float(value) if isinstance(value, (int, float)) else math.nan
+    except OverflowError:  # an int too large for a float
+        number = math.nan
     if (
         isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
+        or not math.isfinite(number)
+        or number < 0
+        or (number == 0 and not allow_zero)
     ):
+        limit = ">= 0" if allow_zero else "> 0"
         raise ValidationError(
-            "invalid_config", f"input_timeout must be a number of seconds > 0; got {value!r}"
+            code, f"{what} must be a number of seconds {limit}; got {shown(value)}"
         )
-    return float(value)
+    return number
+
+
+def timeout(value: object) -> float:
+    """A finite number of seconds > 0, or 422 invalid_config."""
+    return seconds(value, "input_timeout")
 
 
 def user(value: object, code: str = "invalid_config") -> str | None:
@@ -90,7 +111,9 @@ def user(value: object, code: str = "invalid_config") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise ValidationError(code, f"user_id must be a non-empty string or None; got {value!r}")
+        raise ValidationError(
+            code, f"user_id must be a non-empty string or None; got {shown(value)}"
+        )
     return encodable(value, code, "user_id")
 
 
@@ -107,21 +130,25 @@ def config(
 def text(value: object, what: str, code: str = "invalid_request") -> str:
     """A non-empty (after stripping) string, returned as given."""
     if not isinstance(value, str) or not value.strip():
-        raise ValidationError(code, f"{what} must be a non-empty string; got {value!r}")
+        raise ValidationError(code, f"{what} must be a non-empty string; got {shown(value)}")
     return encodable(value, code, what)
 
 
 def optional_text(value: object, what: str) -> str | None:
     """None or a string (422 invalid_request otherwise)."""
     if value is not None and not isinstance(value, str):
-        raise ValidationError("invalid_request", f"{what} must be a string or None; got {value!r}")
+        raise ValidationError(
+            "invalid_request", f"{what} must be a string or None; got {shown(value)}"
+        )
     return None if value is None else encodable(value, "invalid_request", what)
 
 
 def flag(value: object, what: str) -> bool:
     """A real bool, or 422 invalid_request."""
     if not isinstance(value, bool):
-        raise ValidationError("invalid_request", f"{what} must be True or False; got {value!r}")
+        raise ValidationError(
+            "invalid_request", f"{what} must be True or False; got {shown(value)}"
+        )
     return value
 
 

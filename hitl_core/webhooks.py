@@ -68,9 +68,10 @@ def verify_signature(
             return False
         if tolerance_seconds is not None:
             moment = time.time() if now is None else now
-            if abs(moment - int(timestamp)) > tolerance_seconds:
+            # written so that a NaN tolerance or time rejects rather than accepts
+            if not abs(moment - int(timestamp)) <= tolerance_seconds:
                 return False
         expected = sign(secret, webhook_id, timestamp, body)
-    except (KeyError, ValueError, UnicodeDecodeError, AttributeError, TypeError):
+        return hmac.compare_digest(expected.encode(), signature.encode())
+    except (KeyError, ValueError, UnicodeError, AttributeError, TypeError, OverflowError):
         return False
-    return hmac.compare_digest(expected.encode(), signature.encode())

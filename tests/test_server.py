@@ -329,36 +329,50 @@ def test_refusals_arrive_as_the_sdks_exceptions_with_our_codes(client: Any) -> N
     cases: list[tuple[Callable[[], Any], type[Exception], int, str]] = [
         (
             lambda: client.runs.create(message="m", stream=False, permission_mode="approval"),
-            ValidationError, 422, "hitl_required",
+            ValidationError,
+            422,
+            "hitl_required",
         ),
         (
             lambda: client.runs.create(
                 message="m", stream=False, human_in_the_loop=True, permission_mode="yolo"
             ),
-            ValidationError, 422, "invalid_permission_mode",
+            ValidationError,
+            422,
+            "invalid_permission_mode",
         ),
         (
             lambda: client.runs.create(message="m", stream=False, human_in_the_loop="yes"),
-            ValidationError, 422, "invalid_config",
+            ValidationError,
+            422,
+            "invalid_config",
         ),
         (lambda: client.runs.create(message="m"), ValidationError, 422, "streaming_unsupported"),
         (lambda: client.runs.get(424242), NotFoundError, 404, "run_not_found"),
         (lambda: client.runs.answer(run.id, answers={}), ValidationError, 422, "empty_answers"),
         (
             lambda: client.runs.answer(run.id, answers={"nope": "x"}),
-            ValidationError, 422, "invalid_answers",
+            ValidationError,
+            422,
+            "invalid_answers",
         ),
         (
             lambda: client.runs.approve(run.id, request_id=question.request_id, decision="maybe"),
-            ValidationError, 422, "invalid_decision",
+            ValidationError,
+            422,
+            "invalid_decision",
         ),
         (
             lambda: client.runs.approve(run.id, request_id=question.request_id),
-            NotFoundError, 404, "gate_not_found",
+            NotFoundError,
+            404,
+            "gate_not_found",
         ),
         (
             lambda: client.runs.approve(run.id, request_id="req_nothing"),
-            NotFoundError, 404, "gate_not_found",
+            NotFoundError,
+            404,
+            "gate_not_found",
         ),
         (lambda: client.tasks.get(99), NotFoundError, 404, "task_not_found"),
         (lambda: client.permissions.create(tool=""), ValidationError, 422, "invalid_request"),
@@ -366,7 +380,9 @@ def test_refusals_arrive_as_the_sdks_exceptions_with_our_codes(client: Any) -> N
         (lambda: client.webhooks.create(url="ftp://x"), ValidationError, 422, "invalid_url"),
         (
             lambda: client.webhooks.create(url="http://127.0.0.1:9/h", events=["run.nope"]),
-            ValidationError, 422, "invalid_event_type",
+            ValidationError,
+            422,
+            "invalid_event_type",
         ),
         (lambda: client.webhooks.get(7), NotFoundError, 404, "webhook_not_found"),
     ]
@@ -514,9 +530,7 @@ def test_webhooks_are_signed_so_the_sdk_verifies_them(client: Any, receiver: Rec
         assert not Webhooks.verify_signature(body, headers, "wrong-secret")
 
     deliveries = wait_for(
-        lambda: [
-            d for d in client.webhooks.list_deliveries(endpoint.id).data if d.run_id == run.id
-        ]
+        lambda: [d for d in client.webhooks.list_deliveries(endpoint.id).data if d.run_id == run.id]
     )
     assert {d.status for d in deliveries} == {"delivered"}
     assert all(d.webhook_endpoint_id == endpoint.id and d.attempts == 1 for d in deliveries)
@@ -536,7 +550,9 @@ def test_a_scenario_drives_every_run(tmp_path: Path) -> None:
     try:
         seen = Seen()
         run = server.client().runs.create_and_wait(
-            message="anything", on_question=seen.on_question, on_approval=seen.on_approval,
+            message="anything",
+            on_question=seen.on_question,
+            on_approval=seen.on_approval,
             **FAST,
         )
         assert run.status == "completed" and run.permission_mode == "plan"

@@ -59,6 +59,7 @@ class ModelRequest:
     questions: list[dict[str, Any]]
     status: str = "pending"
     answers: dict[str, Any] | None = None
+    remember: bool = False
 
 
 @dataclass
@@ -315,7 +316,10 @@ class HitlMachine(RuleBasedStateMachine):
             return self.expect_error("gate_resolved_otherwise", call)
         result = call()
         assert result.request.status == wanted
-        if remember:
+        # a repeat changes nothing, except that it may upgrade remember (never downgrade)
+        applies = remember and (target.status == "pending" or not target.remember)
+        if applies:
+            target.remember = True
             (run.allow if decision == "allow" else run.deny).add(target.tool)
             (run.deny if decision == "allow" else run.allow).discard(target.tool)
             if decision == "allow":
@@ -369,8 +373,8 @@ class HitlMachine(RuleBasedStateMachine):
     @rule(user=hs.users, tool=hs.policy_tools)
     def create_policy(self, user: str | None, tool: str) -> None:
         policy = self.hitl.permissions.create(tool=tool, user_id=user)
-        self.policies.setdefault((user, tool), "api")
-        assert policy.source == self.policies[(user, tool)]
+        self.policies[(user, tool)] = "api"  # a remembered one is promoted (SPEC 5)
+        assert policy.source == "api"
 
     @rule(seconds=st.sampled_from([0.5, 4.0, 10.0, 40.0]), tick=st.booleans())
     def advance(self, seconds: float, tick: bool) -> None:

@@ -86,6 +86,18 @@ EXPECTED.update(
 )
 
 
+# The status after an operation that works, where it is not the status before.
+AFTER = {
+    ("running", "ask"): "awaiting_approval",
+    ("running", "request_tool"): "awaiting_approval",
+    ("running", "complete"): "completed",
+    ("running", "fail"): "failed",
+    ("running", "cancel"): "cancelled",
+    ("awaiting_approval", "fail"): "failed",
+    ("awaiting_approval", "cancel"): "cancelled",
+}
+
+
 def test_the_table_covers_every_pair() -> None:
     assert set(EXPECTED) == {(s, o) for s in STATUSES for o in OPERATIONS}
 
@@ -99,9 +111,9 @@ def test_every_status_and_operation(status: str, operation: str) -> None:
     if expected is None:
         call()
         after = hitl.runs.get(run_id)
-        assert after.status in STATUSES
-        if status in ("completed", "failed", "cancelled"):
-            assert after.status == status
+        assert after.status == AFTER.get((status, operation), status)
+        pending = [r for r in hitl.runs.permissions(run_id) if r.is_pending]
+        assert (after.status == "awaiting_approval") == bool(pending)
     else:
         kind, code = expected
         refused(hitl, kind, code, call, users=(None, "u"))

@@ -311,3 +311,33 @@ def test_pending_deliveries_resume_after_a_restart(
         (delivered,) = Dispatcher(hitl).run_once()
     assert delivered.id == claimed.delivery.id and delivered.status == "delivered"
     assert delivered.attempts == 2 and len(receiver.received) == 1
+
+
+def test_a_second_endpoint_does_not_skip_events_waiting_for_the_first(
+    hitl: hitl_core.Hitl, receiver: Receiver
+) -> None:
+    first = hitl.webhooks.create(url=receiver.url)  # on an empty event log
+    run_id = _completed_run(hitl)
+    hitl.webhooks.create(url=receiver.url + "/second")  # before any delivery pass
+    Dispatcher(hitl).run_once()
+    (log,) = hitl.webhooks.list_deliveries(first.id).data
+    assert (log.run_id, log.status) == (run_id, "delivered")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda h: h.webhooks.enqueue(limit="a"),
+        lambda h: h.webhooks.enqueue(limit=-1),
+        lambda h: h.webhooks.claim(limit=0),
+        lambda h: h.webhooks.claim(lease_seconds=10**400),
+        lambda h: h.webhooks.record("dlv_x", attempt=1, status_code="200"),
+        lambda h: h.webhooks.record("dlv_x", attempt=1, status_code=10**30),
+        lambda h: h.webhooks.record("dlv_x", attempt=1, response_body=5),
+        lambda h: h.webhooks.record("dlv_x", attempt=1, error=object()),
+        lambda h: h.webhooks.record("dlv_x", attempt="1"),
+    ],
+)
+def test_outbox_arguments_are_checked(hitl: hitl_core.Hitl, call: Any) -> None:
+    with pytest.raises(ValidationError):
+        call(hitl)

@@ -9,7 +9,7 @@ import itertools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from hitl_core import ConflictError, ValidationError
+from hitl_core import ConflictError, StoreError, ValidationError
 from hitl_core._policy import is_pattern, literal_prefix, prefixes
 from hitl_core._records import (
     Event,
@@ -61,11 +61,14 @@ class _Transaction:
 
     def __exit__(self, kind: object, error: object, trace: object) -> None:
         store = self.store
+        inner = store._undo
+        assert inner is not None
         try:
             if kind is not None:
-                assert store._undo is not None
-                for undo in reversed(store._undo):
+                for undo in reversed(inner):
                     undo()
+            elif self.outer is not None:
+                self.outer.extend(inner)  # a committed inner block still rolls back with its outer
         finally:
             store._undo = self.outer
             store._lock.release()
@@ -83,7 +86,10 @@ class MemoryStore(Store, Transaction):
         self._creation: dict[str, int] = {}
         self._requests: dict[str, PermissionRequest] = {}
         self._run_requests: dict[str, list[str]] = {}
-        self._pending: dict[str, None] = {}
+        self._counter = itertools.count()  # creation order of runs and requests
+        self._request_order: dict[str, int] = {}
+        self._pending: dict[str, int] = {}  # pending request id -> creation order
+        self._run_pending: dict[str, dict[str, int]] = {}
         self._policies: dict[str, PermissionPolicy] = {}
         self._policy_order: dict[str, int] = {}
         self._policy_counter = itertools.count()
@@ -132,23 +138,36 @@ class MemoryStore(Store, Transaction):
         ]
         return chosen[:limit], len(chosen) > limit
 
+    def _live(self, entry: tuple[float, int, str]) -> Run | None:
+        """The run a heap entry stands for, or None when the entry is stale (the run's
+        deadline moved or cleared, or the run's insertion was rolled back)."""
+        run = self._runs.get(entry[2])
+        return run if run is not None and run.deadline == entry[0] else None
+
     def due_runs(self, now: float, limit: int) -> list[Run]:
         heap = self._deadlines
-        while heap and self._runs[heap[0][2]].deadline != heap[0][0]:
-            heapq.heappop(heap)  # stale entry: that deadline was moved or cleared
+        while heap and self._live(heap[0]) is None:
+            heapq.heappop(heap)
         if not heap or heap[0][0] > now:
             return []
-        due = {
-            run_id: self._runs[run_id]
-            for deadline, _, run_id in sorted(heap)
-            if deadline <= now and self._runs[run_id].deadline == deadline
-        }
-        return list(due.values())[:limit]
+        due: dict[str, Run] = {}
+        kept = []
+        while heap and heap[0][0] <= now and len(due) < limit:  # O(k log n), not a sort
+            entry = heapq.heappop(heap)
+            run = self._live(entry)
+            if run is not None:
+                kept.append(entry)
+                due.setdefault(run.id, run)
+        for entry in kept:  # a read changes nothing: valid entries go back
+            heapq.heappush(heap, entry)
+        return list(due.values())
 
     def insert_run(self, run: Run) -> None:
+        if run.id in self._runs:
+            raise StoreError("store_constraint", f"a run {run.id!r} is stored already")
         self._runs[run.id] = run
         self._run_requests[run.id] = []
-        self._creation[run.id] = len(self._creation)
+        self._creation[run.id] = next(self._counter)
 
         def undo() -> None:
             del self._runs[run.id]
@@ -174,7 +193,7 @@ class MemoryStore(Store, Transaction):
         self._log(undo)
 
     def _watch_deadline(self, run: Run) -> None:
-        if run.deadline is not None:
+        if run.deadline is not None and run.id in self._creation:
             heapq.heappush(self._deadlines, (run.deadline, self._creation[run.id], run.id))
 
     # -- requests ----------------------------------------------------------------
@@ -182,13 +201,14 @@ class MemoryStore(Store, Transaction):
         return self._requests.get(request_id)
 
     def list_requests(self, run_id: str, *, pending_only: bool = False) -> list[PermissionRequest]:
-        requests = [self._requests[rid] for rid in self._run_requests.get(run_id, ())]
-        if pending_only:
-            return [request for request in requests if request.is_pending]
-        return requests
+        if pending_only:  # a run's pending ones, without reading its history
+            pending = self._run_pending.get(run_id, {})
+            return [self._requests[rid] for rid in sorted(pending, key=pending.__getitem__)]
+        return [self._requests[rid] for rid in self._run_requests.get(run_id, ())]
 
     def pending_requests(self, limit: int) -> list[PermissionRequest]:
-        return [self._requests[rid] for rid in itertools.islice(self._pending, limit)]
+        oldest = heapq.nsmallest(limit, self._pending.items(), key=lambda item: item[1])
+        return [self._requests[rid] for rid, _ in oldest]
 
     def save_requests(self, requests: Sequence[PermissionRequest]) -> None:
         for request in requests:
@@ -197,25 +217,35 @@ class MemoryStore(Store, Transaction):
     def _save_request(self, request: PermissionRequest) -> None:
         rid = request.request_id
         old = self._requests.get(rid)
-        self._requests[rid] = request
         if old is None:
+            self._request_order[rid] = next(self._counter)
             self._run_requests[request.run_id].append(rid)
-        if request.is_pending:
-            self._pending[rid] = None
-        else:
-            self._pending.pop(rid, None)
+        self._requests[rid] = request
+        self._mark_pending(request)
 
         def undo() -> None:
             if old is None:
                 del self._requests[rid]
                 self._run_requests[request.run_id].remove(rid)
-                self._pending.pop(rid, None)
+                self._mark_pending(request, pending=False)
+                del self._request_order[rid]
             else:
                 self._requests[rid] = old
-                if old.is_pending:
-                    self._pending[rid] = None  # order among pending may shift; harmless
+                self._mark_pending(old)
 
         self._log(undo)
+
+    def _mark_pending(self, request: PermissionRequest, pending: bool | None = None) -> None:
+        """Keep the pending indexes (all runs, and per run; each id -> creation order)."""
+        rid = request.request_id
+        run_pending = self._run_pending.setdefault(request.run_id, {})
+        if request.is_pending if pending is None else pending:
+            order = self._request_order[rid]
+            self._pending[rid] = order
+            run_pending[rid] = order
+        else:
+            self._pending.pop(rid, None)
+            run_pending.pop(rid, None)
 
     # -- policies ----------------------------------------------------------------
     def find_policy(self, user_id: str | None, tool: str) -> PermissionPolicy | None:
@@ -256,7 +286,18 @@ class MemoryStore(Store, Transaction):
     def delete_policy(self, policy_id: str) -> None:
         policy = self._policies[policy_id]
         self._unindex_policy(policy)
-        self._log(lambda: self._index_policy(policy))
+        self._log(lambda: self._restore_policy(policy))
+
+    def _restore_policy(self, policy: PermissionPolicy) -> None:
+        """Undo a delete: index the policy again, in its old place in the listings."""
+        self._index_policy(policy)
+        order = self._policy_order.__getitem__
+        scope = self._scope_policies[policy.user_id]
+        self._scope_policies[policy.user_id] = dict.fromkeys(sorted(scope, key=order))
+        if is_pattern(policy.tool_name):
+            by_prefix = self._scope_patterns[policy.user_id]
+            prefix = literal_prefix(policy.tool_name)
+            by_prefix[prefix] = dict.fromkeys(sorted(by_prefix[prefix], key=order))
 
     def _index_policy(self, policy: PermissionPolicy) -> None:
         self._policies[policy.id] = policy
