@@ -1109,6 +1109,107 @@ class HitlContract:
         refused(hitl, ValidationError, "invalid_cursor", lambda: hitl.events.list(after="evt_x"))
         assert len({e.id for e in events}) == 5
 
+    # -- SPEC 9: the webhook outbox (no network: the claim/record protocol itself) --------
+    def test_webhook_endpoints(self, hitl: hitl_core.Hitl) -> None:
+        created = hitl.webhooks.create(url="https://example.test/a")
+        assert len(created.secret) == 64
+        assert created.events == ("run.completed", "run.failed", "run.cancelled")
+        shown = hitl.webhooks.get(created.id)
+        assert shown.secret == created.secret[:4] + "..."
+        second = hitl.webhooks.create(url="http://127.0.0.1:9/b", events=["run.started"])
+        page = hitl.webhooks.list(limit=1)
+        assert [e.id for e in page.data] == [created.id] and page.has_more
+        assert [e.id for e in hitl.webhooks.list(starting_after=created.id).data] == [second.id]
+        rotated = hitl.webhooks.update(created.id, rotate_secret=True, events=[])
+        assert rotated.secret != created.secret and len(rotated.secret) == 64
+        assert hitl.webhooks.get(created.id).events == ()
+        for bad in ({"url": "ftp://x"}, {"url": "https://x", "events": ["nope"]}):
+            with pytest.raises(ValidationError):
+                hitl.webhooks.create(**bad)
+        hitl.webhooks.delete(second.id)
+        assert [e.id for e in hitl.webhooks.list().data] == [created.id]
+        with pytest.raises(NotFoundError) as caught:
+            hitl.webhooks.delete(second.id)
+        assert caught.value.code == "webhook_not_found"
+
+    def test_outbox_fans_out_once_per_subscribed_active_endpoint(
+        self, hitl: hitl_core.Hitl
+    ) -> None:
+        hitl.runs.create()  # before any endpoint: never delivered
+        ends = hitl.webhooks.create(url="https://example.test/ends")
+        starts = hitl.webhooks.create(url="https://example.test/starts", events=["run.started"])
+        off = hitl.webhooks.create(url="https://example.test/off", events=["run.started"])
+        hitl.webhooks.update(off.id, active=False)
+        run = hitl.runs.create()
+        hitl.agent(run.id).complete()
+        assert hitl.webhooks.enqueue() == 2
+        assert hitl.webhooks.enqueue() == 0
+        (done,) = hitl.webhooks.list_deliveries(ends.id).data
+        (started,) = hitl.webhooks.list_deliveries(starts.id).data
+        assert (done.event_type, done.run_id, done.status) == ("run.completed", run.id, "pending")
+        assert started.event_type == "run.started" and started.attempts == 0
+        assert hitl.webhooks.list_deliveries(off.id).data == []
+
+    def test_outbox_claims_retries_and_gives_up(
+        self, hitl: hitl_core.Hitl, clock: ManualClock
+    ) -> None:
+        endpoint = hitl.webhooks.create(url="https://example.test/hook")
+        hitl.agent(hitl.runs.create().id).complete()
+        hitl.webhooks.enqueue()
+        (first,) = hitl.webhooks.claim(lease_seconds=30)
+        assert first.url == endpoint.url and first.delivery.attempts == 1
+        assert first.headers["Webhook-Id"] == first.delivery.event_id
+        assert hitl_core.webhooks.verify_signature(first.body, first.headers, endpoint.secret)
+        assert hitl.webhooks.claim() == []  # leased
+        failed = hitl.webhooks.record(first.delivery.id, attempt=1, status_code=500)
+        assert (failed.status, failed.next_retry_at) == ("pending", START + 2)
+        clock.advance(2)
+        (second,) = hitl.webhooks.claim(lease_seconds=30)
+        hitl.webhooks.record(second.delivery.id, attempt=2, error="refused")
+        clock.advance(4)
+        (third,) = hitl.webhooks.claim(lease_seconds=30)
+        last = hitl.webhooks.record(third.delivery.id, attempt=3, status_code=503)
+        assert (last.status, last.attempts, last.next_retry_at) == ("failed", 3, None)
+        clock.advance(100)
+        assert hitl.webhooks.claim() == []
+        assert hitl.webhooks.list_deliveries(endpoint.id, status="failed").data == [last]
+
+    def test_outbox_lease_expiry_and_stale_outcomes(
+        self, hitl: hitl_core.Hitl, clock: ManualClock
+    ) -> None:
+        endpoint = hitl.webhooks.create(url="https://example.test/hook")
+        hitl.agent(hitl.runs.create().id).complete()
+        hitl.webhooks.enqueue()
+        (lost,) = hitl.webhooks.claim(lease_seconds=10)  # this worker dies
+        clock.advance(11)
+        (again,) = hitl.webhooks.claim(lease_seconds=10)
+        assert again.delivery.id == lost.delivery.id and again.delivery.attempts == 2
+        late = hitl.webhooks.record(lost.delivery.id, attempt=1, status_code=200)
+        assert late.status == "pending"  # an outcome for an old attempt changes nothing
+        done = hitl.webhooks.record(again.delivery.id, attempt=2, status_code=204)
+        assert done.status == "delivered" and done.response_status_code == 204
+        hitl.webhooks.update(endpoint.id, active=False)
+        assert hitl.webhooks.get(endpoint.id).active is False
+
+    def test_deactivating_or_deleting_an_endpoint_settles_its_deliveries(
+        self, hitl: hitl_core.Hitl
+    ) -> None:
+        endpoint = hitl.webhooks.create(url="https://example.test/hook")
+        for _ in range(3):
+            hitl.agent(hitl.runs.create().id).complete()
+        hitl.webhooks.enqueue()
+        page = hitl.webhooks.list_deliveries(endpoint.id, limit=2)
+        assert len(page.data) == 2 and page.has_more
+        rest = hitl.webhooks.list_deliveries(endpoint.id, starting_after=page.next_starting_after)
+        assert len(rest.data) == 1 and not rest.has_more
+        hitl.webhooks.update(endpoint.id, active=False)
+        statuses = {d.status for d in hitl.webhooks.list_deliveries(endpoint.id).data}
+        assert statuses == {"failed"}
+        assert hitl.webhooks.claim() == []
+        hitl.webhooks.delete(endpoint.id)
+        with pytest.raises(NotFoundError):
+            hitl.webhooks.list_deliveries(endpoint.id)
+
     # -- SPEC 10: errors -------------------------------------------------------------------
     def test_error_tree(self) -> None:
         assert issubclass(ValidationError, HitlError) and issubclass(ValidationError, ValueError)
