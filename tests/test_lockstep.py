@@ -4,7 +4,6 @@ give equal results (records, refusals with their codes, events)."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ from hypothesis.stateful import (
 import hitl_core
 from hitl_core import HitlError
 from hitl_core.testing import strategies as hs
-from hitl_core.testing.helpers import QUESTION, snapshot
+from hitl_core.testing.helpers import QUESTION, counter_ids, snapshot
 
 USERS = (None, "cust_1", "cust_2")
 TOOLS = st.sampled_from(["gmail.send", "slack.post", "db.query"])
@@ -45,10 +44,7 @@ class LockStepMachine(RuleBasedStateMachine):
         self.created = 0
         self.engines = []
         for url, clock in zip(urls, self.clocks, strict=True):
-            counter = itertools.count()
-            self.engines.append(
-                hitl_core.connect(url, clock=clock, ids=lambda p, c=counter: f"{p}_{next(c)}")
-            )
+            self.engines.append(hitl_core.connect(url, clock=clock, ids=counter_ids()))
 
     def teardown(self) -> None:
         for engine in self.engines:

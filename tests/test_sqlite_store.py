@@ -4,7 +4,6 @@ untouched, unusable directories, busy files, and step-by-step agreement with mem
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import random
 import sqlite3
@@ -29,7 +28,7 @@ from hitl_core._records import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from hitl_core.testing.helpers import QUESTION, snapshot
+from hitl_core.testing.helpers import QUESTION, counter_ids, snapshot
 
 USERS = (None, "cust_1", "cust_2")
 
@@ -658,9 +657,7 @@ class LockStep:
         self.clocks = [ManualClock(start=0.0), ManualClock(start=0.0)]
         self.engines = []
         for target, clock in zip(["memory://", sqlite_url], self.clocks, strict=True):
-            counter = itertools.count()
-            ids = lambda prefix, c=counter: f"{prefix}_{next(c):06d}"  # noqa: E731
-            self.engines.append(hitl_core.connect(target, clock=clock, ids=ids))
+            self.engines.append(hitl_core.connect(target, clock=clock, ids=counter_ids()))
 
     def do(self, call: Callable[[hitl_core.Hitl], Any]) -> Any:
         outcomes: list[tuple[Any, ...]] = []

@@ -14,6 +14,7 @@ import attrs
 
 import hitl_core
 from hitl_core import HitlError
+from hitl_core.testing.helpers import counter_ids
 
 __all__ = ["Scenario", "ScenarioError", "Step", "load", "parse", "play"]
 
@@ -180,18 +181,6 @@ class Outcome:
             "mismatches": self.mismatches,
             "passed": not self.mismatches,
         }
-
-
-def counter_ids() -> Callable[[str], str]:
-    """Deterministic ids (`run_0001`, `req_0002`, ...) so simulations repeat exactly."""
-    count = 0
-
-    def new_id(prefix: str) -> str:
-        nonlocal count
-        count += 1
-        return f"{prefix}_{count:04d}"
-
-    return new_id
 
 
 def _answers(step: Step, request: hitl_core.PermissionRequest | None) -> dict[str, Any]:

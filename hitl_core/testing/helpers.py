@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from .._engine import Hitl
 from .._records import Event, PermissionPolicy, PermissionRequest, Run
 
-__all__ = ["QUESTION", "snapshot", "two_questions"]
+__all__ = ["QUESTION", "counter_ids", "snapshot", "two_questions"]
 
 QUESTION: dict[str, Any] = {
     "question": "Which database should I use?",
@@ -20,6 +21,18 @@ QUESTION: dict[str, Any] = {
     ],
     "multiSelect": False,
 }
+
+
+def counter_ids() -> Callable[[str], str]:
+    """Deterministic ids (`run_0001`, `req_0002`, ...) so simulations repeat exactly."""
+    count = 0
+
+    def new_id(prefix: str) -> str:
+        nonlocal count
+        count += 1
+        return f"{prefix}_{count:04d}"
+
+    return new_id
 
 
 def two_questions() -> list[dict[str, Any]]:
