@@ -1,8 +1,10 @@
 """The store port: the small interface every storage adapter implements.
 
 The engine opens one transaction per public call, reads what it needs, and writes the
-whole result before the transaction ends; an adapter makes that all-or-nothing and
-serialises writers. Adapters raise only HitlError subclasses (StoreError for I/O)."""
+whole result before the transaction ends; an adapter makes that all-or-nothing and keeps
+concurrent writers from losing each other's work (see `Store.transaction`). Adapters
+raise only HitlError subclasses: StoreError for what cannot work, UnavailableError for
+what may work if tried again (busy, unreachable, connection lost)."""
 
 from __future__ import annotations
 
@@ -220,8 +222,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def transaction(self, *, write: bool) -> AbstractContextManager[Transaction]:
         """Open a transaction; it commits when the block ends normally and rolls back
-        when it raises. A write transaction excludes every other writer; a read
-        transaction sees committed data only. The engine never nests transactions."""
+        when it raises (nothing of it stays). A read transaction sees committed data
+        only. The engine never nests transactions.
+
+        Write transactions must not lose each other's work. A store may simply let one
+        writer in at a time (memory, SQLite). A store that lets writers run at once
+        (PostgreSQL) must instead detect every conflict the engine can meet and raise
+        ConflictError('concurrent_update') for it, so the engine runs the call again:
+        `update_run` compares versions; inserting a policy whose (scope, tool) or a key
+        that another transaction stored meanwhile conflicts; and in a write transaction,
+        `get_cursor` and `due_deliveries` hold what they return until the end of the
+        transaction, so two webhook workers never fan out or claim the same thing."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -8,7 +8,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ._errors import ConflictError, HitlError, NotFoundError, StoreError, ValidationError
+from ._errors import (
+    ConflictError,
+    HitlError,
+    NotFoundError,
+    StoreError,
+    UnavailableError,
+    ValidationError,
+)
 from ._outbox import BACKOFF, MAX_ATTEMPTS
 from ._outbox import CURSOR as OUTBOX_CURSOR
 from ._outbox import START as OUTBOX_START
@@ -51,6 +58,7 @@ __all__ = [
     "StoreError",
     "Task",
     "Transaction",
+    "UnavailableError",
     "ValidationError",
     "WebhookDelivery",
     "WebhookEndpoint",
