@@ -31,43 +31,178 @@ def _question(**changes: Any) -> list[dict[str, Any]]:
 # kind "text": the big value is a string; "json": a dict holding it (many keys, or one
 # long string); ids are strings too.
 CASES: dict[str, tuple[Call, str, str, str]] = {
-    "create.user_id": (lambda h, r, v: h.runs.create(user_id=v), "user_id", "invalid_config", "text"),
-    "create.metadata": (lambda h, r, v: h.runs.create(metadata=v), "metadata", "invalid_config", "json"),
-    "create.checkpoint": (lambda h, r, v: h.runs.create(checkpoint=v), "checkpoint", "invalid_request", "json"),
-    "create.idempotency_key": (lambda h, r, v: h.runs.create(idempotency_key=v), "idempotency_key", "invalid_request", "text"),
+    "create.user_id": (
+        lambda h, r, v: h.runs.create(user_id=v),
+        "user_id",
+        "invalid_config",
+        "text",
+    ),
+    "create.metadata": (
+        lambda h, r, v: h.runs.create(metadata=v),
+        "metadata",
+        "invalid_config",
+        "json",
+    ),
+    "create.checkpoint": (
+        lambda h, r, v: h.runs.create(checkpoint=v),
+        "checkpoint",
+        "invalid_request",
+        "json",
+    ),
+    "create.idempotency_key": (
+        lambda h, r, v: h.runs.create(idempotency_key=v),
+        "idempotency_key",
+        "invalid_request",
+        "text",
+    ),
     "get.run_id": (lambda h, r, v: h.runs.get(v), "run_id", "invalid_request", "text"),
     "list.user_id": (lambda h, r, v: h.runs.list(user_id=v), "user_id", "invalid_request", "text"),
-    "list.cursor": (lambda h, r, v: h.runs.list(starting_after=v), "cursor", "invalid_cursor", "text"),
-    "permissions.run_id": (lambda h, r, v: h.runs.permissions(v), "run_id", "invalid_request", "text"),
-    "answer.text": (lambda h, r, v: h.runs.answer(r["ask"], answers={QUESTION["question"]: v}), "answer", "invalid_answers", "text"),
-    "answer.request_id": (lambda h, r, v: h.runs.answer(r["ask"], answers={"q": "a"}, request_id=v), "request_id", "invalid_request", "text"),
-    "answer.actor": (lambda h, r, v: h.runs.answer(r["ask"], answers={"q": "a"}, actor=v), "actor", "invalid_request", "text"),
-    "approve.request_id": (lambda h, r, v: h.runs.approve(r["tool"], request_id=v), "request_id", "invalid_request", "text"),
-    "approve.reason": (lambda h, r, v: h.runs.approve(r["tool"], request_id=r["req"], reason=v), "reason", "invalid_request", "text"),
-    "approve.actor": (lambda h, r, v: h.runs.approve(r["tool"], request_id=r["req"], actor=v), "actor", "invalid_request", "text"),
+    "list.cursor": (
+        lambda h, r, v: h.runs.list(starting_after=v),
+        "cursor",
+        "invalid_cursor",
+        "text",
+    ),
+    "permissions.run_id": (
+        lambda h, r, v: h.runs.permissions(v),
+        "run_id",
+        "invalid_request",
+        "text",
+    ),
+    "answer.text": (
+        lambda h, r, v: h.runs.answer(r["ask"], answers={QUESTION["question"]: v}),
+        "answer",
+        "invalid_answers",
+        "text",
+    ),
+    "answer.request_id": (
+        lambda h, r, v: h.runs.answer(r["ask"], answers={"q": "a"}, request_id=v),
+        "request_id",
+        "invalid_request",
+        "text",
+    ),
+    "answer.actor": (
+        lambda h, r, v: h.runs.answer(r["ask"], answers={"q": "a"}, actor=v),
+        "actor",
+        "invalid_request",
+        "text",
+    ),
+    "approve.request_id": (
+        lambda h, r, v: h.runs.approve(r["tool"], request_id=v),
+        "request_id",
+        "invalid_request",
+        "text",
+    ),
+    "approve.reason": (
+        lambda h, r, v: h.runs.approve(r["tool"], request_id=r["req"], reason=v),
+        "reason",
+        "invalid_request",
+        "text",
+    ),
+    "approve.actor": (
+        lambda h, r, v: h.runs.approve(r["tool"], request_id=r["req"], actor=v),
+        "actor",
+        "invalid_request",
+        "text",
+    ),
     "cancel.run_id": (lambda h, r, v: h.runs.cancel(v), "run_id", "invalid_request", "text"),
-    "claim.worker": (lambda h, r, v: h.runs.claim(r["free"], worker=v), "worker", "invalid_request", "text"),
+    "claim.worker": (
+        lambda h, r, v: h.runs.claim(r["free"], worker=v),
+        "worker",
+        "invalid_request",
+        "text",
+    ),
     "agent.run_id": (lambda h, r, v: h.agent(v), "run_id", "invalid_request", "text"),
-    "ask.question": (lambda h, r, v: h.agent(r["free"]).ask(_question(question=v)), "question", "invalid_request", "text"),
-    "ask.header": (lambda h, r, v: h.agent(r["free"]).ask(_question(header=v)), "header", "invalid_request", "text"),
-    "ask.label": (lambda h, r, v: h.agent(r["free"]).ask(_question(options=[v, "b"])), "option label", "invalid_request", "text"),
-    "ask.key": (lambda h, r, v: h.agent(r["free"]).ask([QUESTION], key=v), "key", "invalid_request", "text"),
-    "request_tool.name": (lambda h, r, v: h.agent(r["free"]).request_tool(v), "tool_name", "invalid_request", "text"),
-    "request_tool.input": (lambda h, r, v: h.agent(r["free"]).request_tool("t", v), "tool_input", "invalid_request", "json"),
-    "request_tool.key": (lambda h, r, v: h.agent(r["free"]).request_tool("t", key=v), "key", "invalid_request", "text"),
-    "propose_plan.text": (lambda h, r, v: h.agent(r["plan"]).propose_plan(v), "plan_text", "invalid_request", "text"),
-    "result.request_id": (lambda h, r, v: h.agent(r["free"]).result(v), "request_id", "invalid_request", "text"),
-    "complete.output": (lambda h, r, v: h.agent(r["free"]).complete(v), "output", "invalid_request", "json"),
+    "ask.question": (
+        lambda h, r, v: h.agent(r["free"]).ask(_question(question=v)),
+        "question",
+        "invalid_request",
+        "text",
+    ),
+    "ask.header": (
+        lambda h, r, v: h.agent(r["free"]).ask(_question(header=v)),
+        "header",
+        "invalid_request",
+        "text",
+    ),
+    "ask.label": (
+        lambda h, r, v: h.agent(r["free"]).ask(_question(options=[v, "b"])),
+        "option label",
+        "invalid_request",
+        "text",
+    ),
+    "ask.key": (
+        lambda h, r, v: h.agent(r["free"]).ask([QUESTION], key=v),
+        "key",
+        "invalid_request",
+        "text",
+    ),
+    "request_tool.name": (
+        lambda h, r, v: h.agent(r["free"]).request_tool(v),
+        "tool_name",
+        "invalid_request",
+        "text",
+    ),
+    "request_tool.input": (
+        lambda h, r, v: h.agent(r["free"]).request_tool("t", v),
+        "tool_input",
+        "invalid_request",
+        "json",
+    ),
+    "request_tool.key": (
+        lambda h, r, v: h.agent(r["free"]).request_tool("t", key=v),
+        "key",
+        "invalid_request",
+        "text",
+    ),
+    "propose_plan.text": (
+        lambda h, r, v: h.agent(r["plan"]).propose_plan(v),
+        "plan_text",
+        "invalid_request",
+        "text",
+    ),
+    "result.request_id": (
+        lambda h, r, v: h.agent(r["free"]).result(v),
+        "request_id",
+        "invalid_request",
+        "text",
+    ),
+    "complete.output": (
+        lambda h, r, v: h.agent(r["free"]).complete(v),
+        "output",
+        "invalid_request",
+        "json",
+    ),
     "fail.error": (lambda h, r, v: h.agent(r["free"]).fail(v), "error", "invalid_request", "text"),
-    "checkpoint.data": (lambda h, r, v: h.agent(r["free"]).save_checkpoint(v), "checkpoint", "invalid_request", "json"),
-    "policy.tool": (lambda h, r, v: h.permissions.create(tool=v), "tool", "invalid_request", "text"),
-    "policy.user_id": (lambda h, r, v: h.permissions.create(tool="t", user_id=v), "user_id", "invalid_request", "text"),
-    "policy.delete": (lambda h, r, v: h.permissions.delete(v), "policy_id", "invalid_request", "text"),
+    "checkpoint.data": (
+        lambda h, r, v: h.agent(r["free"]).save_checkpoint(v),
+        "checkpoint",
+        "invalid_request",
+        "json",
+    ),
+    "policy.tool": (
+        lambda h, r, v: h.permissions.create(tool=v),
+        "tool",
+        "invalid_request",
+        "text",
+    ),
+    "policy.user_id": (
+        lambda h, r, v: h.permissions.create(tool="t", user_id=v),
+        "user_id",
+        "invalid_request",
+        "text",
+    ),
+    "policy.delete": (
+        lambda h, r, v: h.permissions.delete(v),
+        "policy_id",
+        "invalid_request",
+        "text",
+    ),
     "task.name": (lambda h, r, v: h.tasks.create(name=v), "name", "invalid_request", "text"),
     "task.get": (lambda h, r, v: h.tasks.get(v), "task_id", "invalid_request", "text"),
     "events.after": (lambda h, r, v: h.events.list(after=v), "cursor", "invalid_cursor", "text"),
     "events.run_id": (lambda h, r, v: h.events.list(run_id=v), "run_id", "invalid_request", "text"),
-}  # fmt: skip
+}
 
 
 def _big(kind: str, size: int, shape: str) -> Any:
@@ -154,7 +289,7 @@ def test_refusing_a_huge_input_costs_memory_linear_in_it_and_constant_work(
     world: tuple[hitl_core.Hitl, dict[str, str]], case: str, size: int, shape: str
 ) -> None:
     hitl, runs = world
-    small_peak, small_calls = _refuse(hitl, runs, case, _big(CASES[case][3], 70_000, shape))
+    _, small_calls = _refuse(hitl, runs, case, _big(CASES[case][3], 70_000, shape))
     value = _big(CASES[case][3], size, shape)
     peak, calls = _refuse(hitl, runs, case, value)
     # memory: no more than a small multiple of what was passed, plus a fixed allowance

@@ -1855,27 +1855,8 @@ class HitlContract:
         for round_ in range(5):
             run = self.approval_run(engines[0])
             gate = engines[0].agent(run.id).request_tool(f"t{round_}")
-            outcomes: list[Any] = []
-            barrier = threading.Barrier(len(engines))
-
-            def decide(engine: hitl_core.Hitl, decision: str) -> None:
-                barrier.wait()
-                try:
-                    result = engine.runs.approve(
-                        run.id, request_id=gate.request_id, decision=decision
-                    )
-                    outcomes.append((decision, result.applied))
-                except HitlError as error:
-                    outcomes.append((decision, error.code))
-
-            threads = [
-                threading.Thread(target=decide, args=(e, "allow" if n % 2 else "deny"))
-                for n, e in enumerate(engines)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(30)
+            assert gate.request_id is not None
+            outcomes = self.contend(engines, run.id, gate.request_id)
             winners = [o for o in outcomes if o[1] is True]
             assert len(winners) == 1, outcomes
             final = engines[1].agent(run.id).result(gate.request_id)
@@ -1884,10 +1865,33 @@ class HitlContract:
                 if outcome is not True:
                     expected = False if decision == final.decision else "gate_resolved_otherwise"
                     assert outcome == expected, outcomes
-            resolved = [
-                e for e in engines[2].events.list(run_id=run.id) if e.type == "request.resolved"
-            ]
-            assert len(resolved) == 1
+            events = engines[2].events.list(run_id=run.id)
+            assert len([e for e in events if e.type == "request.resolved"]) == 1
+
+    @staticmethod
+    def contend(engines: list[hitl_core.Hitl], run_id: str, request_id: str) -> list[Any]:
+        """Every engine decides the request at once (alternating allow and deny), each in
+        its own thread; (decision, applied or error code) for each."""
+        outcomes: list[Any] = []
+        barrier = threading.Barrier(len(engines))
+
+        def decide(engine: hitl_core.Hitl, decision: str) -> None:
+            barrier.wait()
+            try:
+                result = engine.runs.approve(run_id, request_id=request_id, decision=decision)
+                outcomes.append((decision, result.applied))
+            except HitlError as error:
+                outcomes.append((decision, error.code))
+
+        threads = [
+            threading.Thread(target=decide, args=(engine, "allow" if n % 2 else "deny"))
+            for n, engine in enumerate(engines)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        return outcomes
 
     def test_reopening_gives_back_what_was_committed(
         self, store_factory: Callable[[], Store], clock: ManualClock
