@@ -104,8 +104,11 @@ def test_a_scenario_mismatch_fails_clearly(tmp_path: Path) -> None:
     [
         ("[run]\nhuman_in_the_loop = tru\n[[steps]]\ntick = true\n", "line 2"),
         ('[run]\n[[steps]]\nagent = "dance"\n', "steps[0].agent: unknown action 'dance'"),
-        ("[run]\ncolour = 1\n[[steps]]\ntick = true\n", "run: unknown key 'colour'"),
-        ("[[steps]]\nat = 5\ntick = true\n[[steps]]\nat = 1\ntick = true\n", "steps[1]: 'at'"),
+        ("[run]\ncolour = 1\n[[steps]]\ntick = true\n", "run.colour: unknown key 'colour'"),
+        (
+            "[[steps]]\nat = 5\ntick = true\n[[steps]]\nat = 1\ntick = true\n",
+            "steps[1].at: must be a number of seconds >= 5",
+        ),
         ('[[steps]]\nagent = "complete"\nhuman = "cancel"\n', "steps[0]: needs exactly one"),
     ],
 )

@@ -302,10 +302,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         outcome = play(load(args.scenario))
     except ScenarioError as error:
+        if args.json:
+            print(json.dumps({"error": error.to_json()}))
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(outcome.to_json(), indent=2))
+        print(json.dumps(outcome.to_json()))
     else:
         print(f"scenario {outcome.name}" + (f" (run {outcome.run_id})" if outcome.run_id else ""))
         for entry in outcome.timeline:
