@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,12 +142,12 @@ def _waiting_run(db: Path) -> tuple[str, str, str]:
 def test_operator_commands(tmp_path: Path) -> None:
     db = tmp_path / "ops.db"
     run_id, gate_id, question_id = _waiting_run(db)
-    listed = json.loads(hitl("runs", "list", "--json", db=db).stdout)
-    assert [r["id"] for r in listed["data"]] == [run_id]
+    listed = json_lines(hitl("runs", "list", "--json", db=db).stdout)
+    assert [r["id"] for r in listed] == [run_id]
     assert run_id in hitl("runs", "list", db=db).stdout
     shown = hitl("runs", "show", run_id, db=db).stdout
     assert gate_id in shown and "gmail.send" in shown and "Tone = formal?" in shown
-    pending = json.loads(hitl("pending", "--json", db=db).stdout)
+    pending = json_lines(hitl("pending", "--json", db=db).stdout)
     assert [p["request_id"] for p in pending] == [gate_id, question_id]
     approved = hitl("approve", run_id, gate_id, "--remember", "--reason", "ok", db=db).stdout
     assert "allowed (remembered)" in approved
@@ -171,6 +172,72 @@ def test_operator_commands(tmp_path: Path) -> None:
     assert hitl("tick", db=db).stdout.strip() == "0 event(s)"
     assert "cancelled" in hitl("cancel", run_id, db=db).stdout
     assert hitl("cancel", run_id, db=db, check=1).stderr.startswith("error: run_not_active:")
+
+
+def json_lines(out: str) -> list[dict[str, Any]]:
+    """JSON Lines: every line one JSON object (an empty listing prints nothing)."""
+    assert out == "" or out.endswith("\n"), out
+    records = [json.loads(line) for line in out.splitlines()]
+    assert all(isinstance(record, dict) for record in records), out
+    return records
+
+
+def test_every_json_output_is_json_lines(tmp_path: Path) -> None:
+    """Listings print one object per record per line; single results one line."""
+    db = tmp_path / "j.db"
+    for command in (["runs", "list"], ["pending"], ["policies", "list"], ["events"], ["tick"]):
+        assert hitl(*command, "--json", db=db).stdout == "", command  # empty: no output
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        first = engine.runs.create(
+            human_in_the_loop=True, permission_mode="approval", input_timeout=0.05
+        )
+        second = engine.runs.create(human_in_the_loop=True, permission_mode="approval")
+        gates = [engine.agent(r.id).request_tool("gmail.send") for r in (first, second)]
+        question = engine.agent(second.id).ask(
+            [{"question": "Which?", "header": "", "options": ["a", "b"]}]
+        )
+        engine.permissions.create(tool="slack.*")
+        engine.permissions.create(tool="crm.*")
+    time.sleep(0.1)  # real time must pass for the first run's deadline; not a timing assertion
+
+    ticked = json_lines(hitl("tick", "--json", db=db).stdout)  # the first call to see it
+    assert [(e["type"], e["run_id"]) for e in ticked] == [("run.suspended", first.id)]
+    runs = json_lines(hitl("runs", "list", "--json", db=db).stdout)
+    assert [r["id"] for r in runs] == [first.id, second.id]
+    paged = hitl("runs", "list", "--json", "--limit", "1", db=db)
+    assert [r["id"] for r in json_lines(paged.stdout)] == [first.id]
+    assert paged.stderr == f"more: --after {first.id}\n"
+    after = json_lines(hitl("runs", "list", "--json", "--after", first.id, db=db).stdout)
+    assert [r["id"] for r in after] == [second.id]
+    pending = json_lines(hitl("pending", "--json", db=db).stdout)
+    assert [p["request_id"] for p in pending] == [
+        gates[0].request_id,
+        gates[1].request_id,
+        question.request_id,
+    ]
+    policies = json_lines(hitl("policies", "list", "--json", db=db).stdout)
+    assert [p["tool_name"] for p in policies] == ["slack.*", "crm.*"]
+    listed = json_lines(hitl("events", "--json", db=db).stdout)
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        assert [e["id"] for e in listed] == [e.id for e in engine.events.list()]
+    assert len(listed) == 6  # two starts, three requests opened, one suspension
+
+    single = [
+        ["runs", "show", first.id],
+        ["approve", second.id, str(gates[1].request_id)],
+        ["answer", second.id, "Which?=a"],
+        ["cancel", first.id],
+        ["policies", "add", "docs.*"],
+        ["policies", "rm", policies[0]["id"]],
+        ["simulate", str(ROOT / "docs/scenarios/approval.toml")],
+    ]
+    for command in single:
+        (record,) = json_lines(hitl(*command, "--json", db=db).stdout)
+        assert record, command
+    assert (
+        json_lines(hitl("runs", "show", first.id, "--json", db=db).stdout)[0]["run"]["status"]
+        == "cancelled"
+    )
 
 
 def test_errors_are_one_line(tmp_path: Path) -> None:

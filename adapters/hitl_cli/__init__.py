@@ -62,7 +62,14 @@ def _json_default(value: Any) -> Any:
 
 
 def emit_json(value: Any) -> None:
-    print(json.dumps(_record(value), indent=2, default=_json_default))
+    """Print one JSON value on one line (every `--json` output is JSON Lines)."""
+    print(json.dumps(_record(value), default=_json_default), flush=True)
+
+
+def emit_lines(values: Sequence[Any]) -> None:
+    """Print a listing as JSON Lines: one object per record per line, nothing when empty."""
+    for value in values:
+        emit_json(value)
 
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
@@ -95,13 +102,9 @@ def cmd_runs_list(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
         user_id=args.user, status=args.status, limit=args.limit, starting_after=args.after
     )
     if args.json:
-        emit_json(
-            {
-                "data": page.data,
-                "has_more": page.has_more,
-                "next_starting_after": page.next_starting_after,
-            }
-        )
+        emit_lines(page.data)
+        if page.has_more:
+            print(f"more: --after {page.next_starting_after}", file=sys.stderr)
         return 0
     table(
         [
@@ -154,7 +157,7 @@ def cmd_runs_show(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
 def cmd_pending(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
     pending = hitl.runs.pending(limit=args.limit)
     if args.json:
-        emit_json(pending)
+        emit_lines(pending)
         return 0
     table(
         [(r.run_id, r.request_id, r.kind, _when(r.created_at), _describe(r)[:70]) for r in pending],
@@ -229,6 +232,9 @@ def cmd_answer(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
 
 def cmd_cancel(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
     run = hitl.runs.cancel(args.run)
+    if args.json:
+        emit_json(run)
+        return 0
     print(f"{run.id}: {run.status.value}")
     return 0
 
@@ -244,7 +250,10 @@ def cmd_policies(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
         return 0
     if args.policy_command == "rm":
         policy = hitl.permissions.delete(args.policy, user_id=args.user)
-        print(f"{policy.id}: removed ({policy.tool_name})")
+        if args.json:
+            emit_json(policy)
+        else:
+            print(f"{policy.id}: removed ({policy.tool_name})")
         return 0
     policies: list[hitl_core.PermissionPolicy] = []
     while True:
@@ -255,7 +264,7 @@ def cmd_policies(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
         if not page.has_more:
             break
     if args.json:
-        emit_json(policies)
+        emit_lines(policies)
         return 0
     table(
         [(p.id, p.tool_name, p.source, _when(p.created_at)) for p in policies],
@@ -266,7 +275,7 @@ def cmd_policies(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
 
 def _print_event(event: hitl_core.Event, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(_record(event)), flush=True)
+        emit_json(event)
         return
     data = " ".join(f"{k}={v}" for k, v in event.data.items() if v is not None)
     print(
@@ -395,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def json_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        p.add_argument("--json", action="store_true", help="print JSON Lines for scripts")
 
     command("demo", cmd_demo, "run a scripted agent and person through every mode", store=False)
     simulate = command("simulate", cmd_simulate, "play a scenario file (TOML or JSON)", store=False)
@@ -438,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cancel = command("cancel", cmd_cancel, "cancel a run")
     cancel.add_argument("run")
+    json_flag(cancel)
 
     policies = command("policies", cmd_policies, "pre-approval policies: add, list, rm")
     policy_sub = policies.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
