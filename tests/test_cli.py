@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -282,6 +283,29 @@ def test_events_follow_prints_new_events(tmp_path: Path) -> None:
     finally:
         follower.kill()
         follower.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_events_follow_stops_cleanly_on_a_signal(tmp_path: Path, signum: int) -> None:
+    db = tmp_path / "s.db"
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        run = engine.runs.create()
+    follower = subprocess.Popen(
+        [HITL, "--db", str(db), "events", "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        assert json.loads(follower.stdout.readline())["run_id"] == run.id  # it is following
+        follower.send_signal(signum)
+        out, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert (follower.returncode, out, err) == (0, "", "")
+    with hitl_core.connect(f"sqlite:///{db}") as engine:  # the file is fine afterwards
+        assert engine.runs.get(run.id).status == "running"
 
 
 AGENT = """

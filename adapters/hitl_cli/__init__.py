@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -284,18 +285,38 @@ def _print_event(event: hitl_core.Event, as_json: bool) -> None:
     )
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT arrived while `events --follow` was following."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
 def cmd_events(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
-    after = args.after
-    while True:
-        events = hitl.events.list(after=after, run_id=args.run, limit=1000)
-        for event in events:
+    if not args.follow:
+        for event in hitl.events.list(after=args.after, run_id=args.run, limit=1000):
             _print_event(event, args.json)
-        if events:
-            after = events[-1].id
-        if not args.follow:
-            return 0
-        if not events:
-            time.sleep(args.interval)
+        return 0
+    # Following ends only by a signal: SIGTERM and SIGINT are the normal way out (exit 0,
+    # as for `hitl serve`). The loop only reads, so stopping it anywhere is safe.
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, _stop) for sig in handled}
+    try:
+        after = args.after
+        while True:
+            events = hitl.events.list(after=after, run_id=args.run, limit=1000)
+            for event in events:
+                _print_event(event, args.json)
+            if events:
+                after = events[-1].id
+            else:
+                time.sleep(args.interval)
+    except _Stopped:
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_tick(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
