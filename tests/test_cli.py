@@ -241,6 +241,49 @@ def test_every_json_output_is_json_lines(tmp_path: Path) -> None:
     )
 
 
+LONG = "Which format should the quarterly report for the board take, given the audit?"
+
+
+def test_pending_shows_what_answer_needs(tmp_path: Path) -> None:
+    """Question texts (whole), their options and the plan, plain and JSON."""
+    db = tmp_path / "q.db"
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        run = engine.runs.create(human_in_the_loop=True, permission_mode="plan")
+        agent = engine.agent(run.id)
+        asked = agent.ask(
+            [
+                {"question": LONG, "header": "Format", "options": ["PDF", "Slide deck"]},
+                {
+                    "question": "Regions?",
+                    "header": "Regions",
+                    "options": [{"label": "eu", "description": "Europe"}, "us"],
+                    "multiSelect": True,
+                },
+            ]
+        )
+        plan = agent.propose_plan("1. Export leads\n2. Update the CRM")
+    out = hitl("pending", db=db).stdout
+    lines = out.splitlines()
+    assert f"    {LONG}  [PDF | Slide deck]" in lines
+    assert "    Regions?  [eu | us] (several: 'eu, us')" in lines
+    assert "      1. Export leads" in lines and "      2. Update the CRM" in lines
+    assert "    Plan Approval  [Approve | or feedback text]" in lines
+    by_id = {r["request_id"]: r for r in json_lines(hitl("pending", "--json", db=db).stdout)}
+    questions = by_id[asked.request_id]["questions"]
+    assert [q["question"] for q in questions] == [LONG, "Regions?"]
+    assert [o["label"] for o in questions[1]["options"]] == ["eu", "us"]
+    assert questions[1]["multiSelect"] is True
+    assert by_id[plan.request_id]["plan_text"] == "1. Export leads\n2. Update the CRM"
+    assert [o["label"] for o in by_id[plan.request_id]["questions"][0]["options"]] == [
+        "Approve",
+        "Revise",
+    ]
+    # what the listing shows is what `hitl answer` takes
+    hitl("answer", run.id, f"{LONG}=Slide deck", "Regions?=eu, us", db=db)
+    hitl("answer", run.id, "Plan Approval=Approve", db=db)
+    assert hitl("pending", db=db).stdout == "(none)\n"
+
+
 def test_errors_are_one_line(tmp_path: Path) -> None:
     db = tmp_path / "x.db"
     result = hitl("runs", "show", "run_missing", db=db, check=1)

@@ -53,6 +53,8 @@ def _record(value: Any) -> Any:
         out[name] = _record(item) if attrs.has(type(item)) else item
     if isinstance(value, hitl_core.PermissionRequest):
         out["is_plan_approval"] = value.is_plan_approval
+        out["plan_text"] = value.plan_text
+        out["questions"] = value.questions
     return out
 
 
@@ -73,14 +75,36 @@ def emit_lines(values: Sequence[Any]) -> None:
         emit_json(value)
 
 
-def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
-    """Print rows as aligned columns."""
+def table(
+    rows: Sequence[Sequence[str]],
+    header: Sequence[str],
+    details: Sequence[Sequence[str]] | None = None,
+) -> None:
+    """Print rows as aligned columns; `details[i]` are lines printed under row i."""
     if not rows:
         print("(none)")
         return
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+    def line(row: Sequence[str]) -> str:
+        cells = (str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+        return "  ".join(cells).rstrip()
+
+    print(line(header))
+    for index, row in enumerate(rows):
+        print(line(row))
+        for detail in details[index] if details else ():
+            print(detail)
+
+
+def _summary(request: hitl_core.PermissionRequest) -> str:
+    """A request in a few words; question and plan texts follow on their own lines."""
+    if request.kind == "tool":
+        return _describe(request)[:70]
+    if request.is_plan_approval:
+        return f"plan revision {request.tool_input.get('revision')}"
+    count = len(request.questions)
+    return f"{count} question{'s' if count > 1 else ''}"
 
 
 def _describe(request: hitl_core.PermissionRequest) -> str:
@@ -155,14 +179,28 @@ def cmd_runs_show(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
     return 0
 
 
+def _to_answer(request: hitl_core.PermissionRequest) -> list[str]:
+    """The lines under a pending question or plan: what `hitl answer` takes, whole."""
+    if request.is_plan_approval:
+        plan = [f"      {line}" for line in (request.plan_text or "").splitlines()]
+        return [*plan, "    Plan Approval  [Approve | or feedback text]"]
+    lines = []
+    for question in request.questions:
+        labels = [option["label"] for option in question["options"]]
+        several = f" (several: {', '.join(labels[:2])!r})" if question["multiSelect"] else ""
+        lines.append(f"    {question['question']}  [{' | '.join(labels)}]{several}")
+    return lines
+
+
 def cmd_pending(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
     pending = hitl.runs.pending(limit=args.limit)
     if args.json:
         emit_lines(pending)
         return 0
     table(
-        [(r.run_id, r.request_id, r.kind, _when(r.created_at), _describe(r)[:70]) for r in pending],
+        [(r.run_id, r.request_id, r.kind, _when(r.created_at), _summary(r)) for r in pending],
         ("RUN", "REQUEST", "KIND", "SINCE", "WHAT"),
+        [_to_answer(r) for r in pending],
     )
     return 0
 
