@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hitl_sqlite import SqliteStore
 
 import hitl_core
 
@@ -282,6 +283,77 @@ def test_pending_shows_what_answer_needs(tmp_path: Path) -> None:
     hitl("answer", run.id, f"{LONG}=Slide deck", "Regions?=eu, us", db=db)
     hitl("answer", run.id, "Plan Approval=Approve", db=db)
     assert hitl("pending", db=db).stdout == "(none)\n"
+
+
+STORE_COMMANDS = [
+    ["runs", "list"],
+    ["pending"],
+    ["policies", "list"],
+    ["events"],
+    ["tick"],
+]
+
+
+def test_db_takes_a_store_url(tmp_path: Path) -> None:
+    """`--db` (before or after the command) and $HITL_DB: a value with :// is a store URL;
+    sqlite:/// is followed by a relative path, or an absolute one with a fourth slash."""
+    absolute = tmp_path / "abs.db"
+    run_id, gate_id, _ = _waiting_run(absolute)
+    url = f"sqlite:///{absolute}"  # the path starts with /: four slashes
+    assert url.startswith("sqlite:////")
+    for command in STORE_COMMANDS:
+        hitl("--db", url, *command)
+        hitl(*command, "--db", url)
+        hitl(*command, env={"HITL_DB": url})
+    assert gate_id in hitl("--db", url, "pending").stdout
+    assert gate_id in hitl("pending", "--db", url).stdout
+    assert gate_id in hitl("pending", env={"HITL_DB": url}).stdout
+    hitl("approve", run_id, gate_id, "--db", url)
+    assert "allowed" in hitl("runs", "show", run_id, env={"HITL_DB": url}).stdout
+    relative = subprocess.run(
+        [HITL, "--db", "sqlite:///rel.db", "runs", "list"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert relative.returncode == 0 and (tmp_path / "rel.db").exists()
+    assert hitl("runs", "list", "--db", "memory://").stdout == "(none)\n"
+    unknown = hitl("runs", "list", "--db", "nosuch://x", check=1)
+    assert unknown.stderr.startswith("error: invalid_url: no store is registered for nosuch://")
+    assert hitl("pending", "--db", "sqlite:///", check=1).stderr.startswith("error: invalid_url:")
+
+
+def test_db_without_a_scheme_is_always_a_file_path(tmp_path: Path) -> None:
+    """Characters a URL would read as options or fragments belong to the file name."""
+    for name in ("odd?name.db", "a?synchronous=NORMAL", "hash#tag.db", "per%20cent.db"):
+        path = tmp_path / name
+        added = json_lines(hitl("policies", "add", "slack.*", "--json", db=path).stdout)
+        listed = json_lines(hitl("policies", "list", "--json", env={"HITL_DB": str(path)}).stdout)
+        assert [p["id"] for p in listed] == [added[0]["id"]]
+        with hitl_core.connect(SqliteStore(str(path))) as engine:  # that very file
+            assert [p.id for p in engine.permissions.list().data] == [added[0]["id"]]
+    assert not (tmp_path / "odd").exists() and not (tmp_path / "a").exists()
+
+
+def test_db_takes_a_third_party_scheme(tmp_path: Path) -> None:
+    """Any scheme of the hitl_core.stores entry points works, here the adapter guide's
+    jsonfile store registered for the `hitl` subprocess as an installed package would be."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from register import entry_point
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    spec = "jsonfile = jsonfile_store:open_store"
+    with entry_point("hitl_core.stores", spec, import_from=ROOT / "docs" / "examples"):
+        env = {"PYTHONPATH": os.pathsep.join(sys.path)}
+        url = f"jsonfile:///{tmp_path / 'state.json'}"
+        added = json_lines(
+            hitl("policies", "add", "slack.*", "--json", "--db", url, env=env).stdout
+        )
+        listed = json_lines(hitl("--db", url, "policies", "list", "--json", env=env).stdout)
+    assert [p["id"] for p in listed] == [added[0]["id"]]
+    assert (tmp_path / "state.json").exists()
 
 
 def test_errors_are_one_line(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+from hitl_sqlite import SqliteStore
 
 import hitl_core
 from hitl_core import HitlError, ValidationError
@@ -26,10 +27,15 @@ __all__ = ["main"]
 DEFAULT_DB = "hitl.db"
 
 
-def store_url(db: str | None) -> str:
-    """The store URL for `--db` (a path or a URL), else $HITL_DB, else ./hitl.db."""
+def open_store(db: str | None) -> tuple[str | hitl_core.Store, str]:
+    """The store `--db` names (else $HITL_DB, else ./hitl.db), as `hitl_core.connect`
+    takes it, and how to show it. A value holding `://` is a store URL, of any scheme the
+    `hitl_core.stores` entry points register; anything else is an SQLite file path, taken
+    as written (never read as a URL, so `?` and `#` belong to the file name)."""
     chosen = db or os.environ.get("HITL_DB") or DEFAULT_DB
-    return chosen if "://" in chosen else f"sqlite:///{chosen}"
+    if "://" in chosen:
+        return chosen, chosen
+    return SqliteStore(chosen), f"sqlite:///{chosen}"
 
 
 def _when(seconds: float | None) -> str:
@@ -422,9 +428,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ScenarioError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    store, shown = open_store(args.db)
     try:
         hitl_server.serve(
-            store_url(args.db),
+            store,
+            shown=shown,
             host=args.host,
             port=args.port,
             api_key=key,
@@ -432,6 +440,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             webhook_interval=args.webhook_interval,
         )
     except OSError as error:
+        if not isinstance(store, str):
+            store.close()  # the server never took it
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -440,7 +450,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(store_url(args.db))
+    store, shown = open_store(args.db)
+    return run_demo(store, shown)
 
 
 # -- the parser ---------------------------------------------------------------------------
@@ -450,16 +461,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hitl", description="Human-in-the-loop control of agent runs (hitl-core)."
     )
-    parser.add_argument(
-        "--db", help=f"store: a file path or URL (default $HITL_DB or ./{DEFAULT_DB})"
+    db_help = (
+        "the store: an SQLite file path, or a store URL such as sqlite:///hitl.db, "
+        f"memory:// or postgresql://... (default $HITL_DB or ./{DEFAULT_DB})"
     )
+    parser.add_argument("--db", help=db_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def db_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
 
     def command(
         name: str, handler: Callable[..., int], help_text: str, store: bool = True
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler, needs_store=store)
+        if name not in ("simulate", "runs", "policies"):
+            db_flag(p)
         return p
 
     def json_flag(p: argparse.ArgumentParser) -> None:
@@ -483,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=cmd_runs_show)
     show.add_argument("run")
     json_flag(show)
+    for p in (listing, show):
+        db_flag(p)
 
     pending = command("pending", cmd_pending, "every pending request across runs")
     pending.add_argument("--limit", type=int, default=100)
@@ -518,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (add, listed, remove):
         p.add_argument("--user", help="the user scope (default: the account)")
         json_flag(p)
+        db_flag(p)
 
     events = command("events", cmd_events, "print events (optionally following new ones)")
     events.add_argument("--follow", "-f", action="store_true")
@@ -538,7 +559,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.add_argument("--api-key", help="the bearer key clients send (default $HITL_API_KEY)")
-    serve.add_argument("--db", default=argparse.SUPPRESS, help="as hitl --db")
     serve.add_argument("--scenario", help="a scenario file every run's agent follows")
     serve.add_argument("--webhook-interval", type=float, default=0.5, help=argparse.SUPPRESS)
     return parser
@@ -551,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.needs_store:
             code: int = args.handler(args)
             return code
-        with hitl_core.connect(store_url(args.db)) as hitl:
+        with hitl_core.connect(open_store(args.db)[0]) as hitl:
             code = args.handler(hitl, args)
             return code
     except HitlError as error:

@@ -281,4 +281,3 @@ def create_app(
     )
     app.router.redirect_slashes = False
     return app
-
