@@ -483,3 +483,18 @@ def test_run_forever_survives_a_sender_that_always_raises(clock: ManualClock) ->
             stop.set()
             worker.join(30)
         assert not worker.is_alive()
+
+
+def test_the_dispatcher_claims_with_its_own_max_attempts(
+    hitl: hitl_core.Hitl, clock: ManualClock, receiver: Receiver
+) -> None:
+    """Three workers died mid-send; a dispatcher allowing five attempts still sends."""
+    hitl.webhooks.create(url=receiver.url)
+    _completed_run(hitl)
+    hitl.webhooks.enqueue()
+    for _ in range(3):
+        assert len(hitl.webhooks.claim(lease_seconds=1, max_attempts=5)) == 1
+        clock.advance(2)  # the lease ends with no outcome recorded
+    (delivered,) = Dispatcher(hitl, max_attempts=5).run_once()
+    assert (delivered.status, delivered.attempts) == ("delivered", 4)
+    assert len(receiver.received) == 1

@@ -89,7 +89,9 @@ class Dispatcher:
     def run_once(self) -> list[WebhookDelivery]:
         """One pass; returns the deliveries as recorded after this pass's attempts."""
         self.hitl.webhooks.enqueue()
-        claimed = self.hitl.webhooks.claim(limit=self.batch, lease_seconds=self.lease_seconds)
+        claimed = self.hitl.webhooks.claim(
+            limit=self.batch, lease_seconds=self.lease_seconds, max_attempts=self.max_attempts
+        )
         return [self._deliver(outgoing) for outgoing in claimed]
 
     def _deliver(self, outgoing: Outgoing) -> WebhookDelivery:
