@@ -308,7 +308,7 @@ def test_a_refused_answer_is_explained_next_to_its_form(
     assert answer.value.status == 422
     shown = card(page, request_id)
     error = shown.get_by_role("alert")
-    assert error.inner_text() == f"choose or type an answer to \u201c{FORMAT['question']}\u201d"
+    assert error.inner_text() == f"Choose or type an answer to \u201c{FORMAT['question']}\u201d"
     assert shown.get_by_label("#sales").is_checked()  # what was chosen is kept
     assert page.evaluate("document.activeElement.closest('article')?.id") == f"c-{request_id}"
     assert request(db, run_id, request_id).status == "pending"

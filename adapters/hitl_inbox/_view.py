@@ -290,7 +290,11 @@ def _error(request_id: str, context: Context) -> Html:
     message = context.errors.get(request_id)
     if not message:
         return Html("")
-    return h('<p class="error" role="alert" id="e-{rid}">{m}</p>', rid=request_id, m=message)
+    return h(
+        '<p class="error" role="alert" id="e-{rid}">{m}</p>',
+        rid=request_id,
+        m=message[:1].upper() + message[1:],
+    )
 
 
 def _card(item: Item, context: Context, *, oldest: bool, following: Item | None) -> Html:
