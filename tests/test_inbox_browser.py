@@ -345,8 +345,8 @@ def test_ask_for_a_plan_revision_then_approve_it_live(
 # -- decisions made elsewhere ---------------------------------------------------------------
 
 
-def test_decisions_made_by_other_processes_leave_the_page_live(
-    page: Any, server: LiveInbox, db: Path, user: str
+def test_decisions_made_elsewhere_leave_the_page_live(
+    browser: Any, page: Any, server: LiveInbox, db: Path, user: str
 ) -> None:
     tool_run, tool = tool_call(db, "slack.post", {"text": "deploy done"}, user=user)
     asked_run, asked = question(db, [FORMAT], user=user)
@@ -372,9 +372,31 @@ def test_decisions_made_by_other_processes_leave_the_page_live(
     with engine(db) as h:  # the SDK, in this process, opens a new request
         run = h.runs.create(human_in_the_loop=True, permission_mode="approval", user_id=user)
         fresh = h.agent(run.id).request_tool("linear.create_issue", {"title": "Bug"})
-    card(page, fresh.request_id or "").wait_for(timeout=5000)
+    assert fresh.request_id is not None
+    card(page, fresh.request_id).wait_for(timeout=5000)
     assert "New: Tool call linear.create_issue" in log.inner_text()
-    assert page.locator("#summary").inner_text().startswith("1 of ")
+    assert page.locator("article.card").count() == 1
+
+    with engine(db) as h:  # the SDK decides it
+        h.runs.approve(run.id, request_id=fresh.request_id, decision="deny", actor="dave")
+    card(page, fresh.request_id).wait_for(state="detached", timeout=5000)
+    assert "Tool call linear.create_issue (run " in log.inner_text()
+    assert "was denied by dave" in log.inner_text()
+
+    # Bob, in his own browser tab, decides what alice is looking at.
+    run_id, last = tool_call(db, "calendar.create_event", {"title": "Standup"}, user=user)
+    card(page, last).wait_for(timeout=5000)
+    bobs = browser.new_context()
+    bob = bobs.new_page()
+    sign_in(bob, server.url, "bob")
+    bob.goto(inbox(server, user))
+    card(bob, last).get_by_role("button", name="Allow").click()
+    assert notice(bob) == "Allowed calendar.create_event."
+    card(page, last).wait_for(state="detached", timeout=5000)
+    assert "Tool call calendar.create_event (run " in log.inner_text()
+    assert "was allowed by bob" in log.inner_text()
+    assert request(db, run_id, last).actor == "bob"
+    bobs.close()
 
 
 def test_the_second_person_is_told_who_decided_first(
@@ -487,7 +509,7 @@ def test_keyboard_only(page: Any, server: LiveInbox, db: Path, user: str) -> Non
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(re.escape(inbox(server, user)) + "$"))
     assert request(db, plan_run, planned).decision == "approve"
-    assert page.locator("#summary").inner_text().startswith("0 of ")
+    assert page.locator("article.card").count() == 0
 
 
 # -- hostile text ---------------------------------------------------------------------------

@@ -129,6 +129,10 @@ class Feed:
                     log.warning("reading the event log failed (%s); retrying", error.code)
                 self._stop.wait(1.0)
                 continue
+            except Exception:  # never let live updates die silently
+                log.exception("reading the event log failed; retrying")
+                self._stop.wait(1.0)
+                continue
             for event in events:
                 if event.type in RELEVANT:
                     self._publish(self._describe(event))
