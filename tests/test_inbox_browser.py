@@ -314,6 +314,26 @@ def test_a_refused_answer_is_explained_next_to_its_form(
     assert request(db, run_id, request_id).status == "pending"
 
 
+def test_a_text_the_store_refuses_is_explained_next_to_its_form(
+    page: Any, server: LiveInbox, db: Path, user: str
+) -> None:
+    run_id, request_id = tool_call(db, "gmail.send", user=user)
+    page.goto(inbox(server, user))
+    too_long = "why " * 1001  # the store keeps reasons of up to 4,000 characters
+    card(page, request_id).get_by_label(re.compile("^Reason")).fill(too_long)
+    with page.expect_response(re.compile(r"/decide/")) as answer:
+        card(page, request_id).get_by_role("button", name="Deny").click()
+    assert answer.value.status == 422
+    shown = card(page, request_id)
+    assert shown.get_by_role("alert").inner_text() == "Reason is longer than 4,000 characters"
+    assert shown.get_by_label(re.compile("^Reason")).input_value() == too_long
+    assert request(db, run_id, request_id).status == "pending"
+    shown.get_by_label(re.compile("^Reason")).fill("too risky")
+    shown.get_by_role("button", name="Deny").click()
+    assert notice(page) == "Denied gmail.send."
+    assert request(db, run_id, request_id).reason == "too risky"
+
+
 def test_ask_for_a_plan_revision_then_approve_it_live(
     page: Any, server: LiveInbox, db: Path, user: str
 ) -> None:

@@ -140,10 +140,7 @@ def decide(hitl: hitl_core.Hitl, run_id: str, request_id: str, form: Form, actor
                 reason=reason,
                 actor=actor,
             )
-            done, resumed = approved.request, approved.resumed
-            applied = getattr(approved, "applied", None)
-            if applied is None:
-                applied = done.actor == actor and done.reason == reason
+            done, resumed, applied = approved.request, approved.resumed, approved.applied
         else:
             if request.kind == "plan":
                 if decision == "approve":
@@ -162,10 +159,7 @@ def decide(hitl: hitl_core.Hitl, run_id: str, request_id: str, form: Form, actor
             else:
                 answers = _answers(request, form)
             answered = hitl.runs.answer(run_id, answers=answers, request_id=request_id, actor=actor)
-            done, resumed = answered.request, answered.resumed
-            applied = getattr(answered, "applied", None)
-            if applied is None:
-                applied = done.actor == actor
+            done, resumed, applied = answered.request, answered.resumed, answered.applied
     except ValidationError as error:
         return Outcome("invalid", error.message)
     except HitlError as error:
