@@ -31,7 +31,7 @@ pytest.importorskip("starlette", reason="starlette is not installed (pip install
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install -e '.[serve]')")
 
 import uvicorn
-from hitl_inbox import create_app
+from hitl_inbox import create_app, open_engine
 from hitl_inbox._auth import Session, Signer, password_matches, valid_name
 from hitl_inbox._feed import Feed
 from hitl_inbox._html import Html, escape, h, join, visible
@@ -164,6 +164,36 @@ def test_one_follower_feeds_every_stream(tmp_path: Path) -> None:
         assert resolved["tool_name"] == "gmail.send"
     assert feed.subscribers == 0
     assert not any(t.name == "hitl-inbox-feed" for t in threading.enumerate())
+
+
+def test_the_follower_reads_when_the_store_says_something_changed(tmp_path: Path) -> None:
+    db = tmp_path / "hitl.db"
+    run_id, request_id = tool_call(db, "gmail.send")
+    engine, changes = open_engine(f"sqlite:///{db}")
+    assert changes is not None
+    with engine:
+        feed = Feed(engine, interval=600.0, changes=changes)  # never by polling in this test
+        feed.start()
+        try:
+            assert feed.ready.wait(10)
+
+            async def decided_elsewhere() -> dict[str, Any]:
+                subscription = feed.subscribe()
+                done = await asyncio.to_thread(hitl, db, "approve", run_id, request_id)
+                assert done.returncode == 0, done.stderr
+                while True:
+                    item = await asyncio.wait_for(subscription.queue.get(), 30)
+                    assert item is not None
+                    if item["type"] == "request.resolved":
+                        return item
+
+            item = asyncio.run(decided_elsewhere())
+        finally:
+            feed.close()
+    assert (item["request_id"], item["status"]) == (request_id, "allowed")
+    with pytest.raises(hitl_core.ValidationError) as refused:
+        open_engine("nosuchscheme://x")
+    assert refused.value.code == "invalid_url"
 
 
 def test_the_follower_starts_at_the_end_of_the_log(tmp_path: Path) -> None:

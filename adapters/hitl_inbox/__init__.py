@@ -9,13 +9,15 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any
 
 import hitl_core
 
 from ._app import SESSION_COOKIE, create_app
+from ._feed import Changes
 
-__all__ = ["PASSWORD_ENV", "SESSION_COOKIE", "create_app", "serve"]
+__all__ = ["PASSWORD_ENV", "SESSION_COOKIE", "create_app", "open_engine", "serve"]
 
 PASSWORD_ENV = "HITL_INBOX_PASSWORD"
 """The environment variable `hitl inbox` reads its password from."""
@@ -45,8 +47,9 @@ def serve(
     sock.listen(128)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    with hitl_core.connect(store_url) as hitl:
-        app = create_app(hitl, password=password, poll_interval=poll_interval)
+    hitl, changes = open_engine(store_url)
+    with hitl:
+        app = create_app(hitl, password=password, poll_interval=poll_interval, changes=changes)
         config = uvicorn.Config(
             app,
             log_level="warning",
@@ -58,6 +61,19 @@ def serve(
         server = uvicorn.Server(config)
         (announce or _print)(f"hitl inbox: http://{shown}:{bound}/ (store {store_url})")
         _run_until_signalled(server, sock, app.state.inbox.feed.close)
+
+
+def open_engine(store_url: str) -> tuple[hitl_core.Hitl, Changes | None]:
+    """An engine on `store_url` and its store's change feed (its `subscribe`), found
+    through the `hitl_core.stores` entry points as `connect` finds stores. A URL no entry
+    point names is left to `connect`, which refuses it with its usual error."""
+    scheme = store_url.split("://", 1)[0] if "://" in store_url else None
+    for entry in entry_points(group="hitl_core.stores"):
+        if entry.name == scheme:
+            store = entry.load()(store_url)
+            if isinstance(store, hitl_core.Store):
+                return hitl_core.connect(store), store.subscribe
+    return hitl_core.connect(store_url), None
 
 
 def _run_until_signalled(server: Any, sock: socket.socket, closing: Callable[[], None]) -> None:

@@ -25,7 +25,7 @@ import hitl_core
 
 from ._auth import Session, Signer, password_matches, valid_name
 from ._decide import Form, Outcome, decide
-from ._feed import Feed
+from ._feed import Changes, Feed
 from ._listing import Filters, collect
 from ._view import Context, Notice, cards, inbox_page, login_page, message_page
 
@@ -97,6 +97,7 @@ class Inbox:
         secret: bytes | None,
         session_hours: float,
         poll_interval: float,
+        changes: Changes | None,
     ) -> None:
         if not password:
             raise ValueError("a password is required")
@@ -104,7 +105,7 @@ class Inbox:
         self.password = password
         self.signer = Signer(secret or secrets.token_bytes(32))
         self.lifetime = session_hours * 3600.0
-        self.feed = Feed(hitl, interval=poll_interval)
+        self.feed = Feed(hitl, interval=poll_interval, changes=changes)
         self.login_lock = asyncio.Lock()
 
     # -- sessions --------------------------------------------------------------------
@@ -350,16 +351,20 @@ def create_app(
     secret: bytes | None = None,
     session_hours: float = 12.0,
     poll_interval: float = 0.2,
+    changes: Changes | None = None,
 ) -> Starlette:
     """The inbox as an ASGI app on `hitl`, behind `password`. `secret` signs the session
     cookies (default: random, so a restart signs everyone out). Its lifespan runs the
-    event-log follower; `app.state.inbox.feed.close()` ends the live streams."""
+    event-log follower, which reads the log when `changes` (the store's `subscribe`) says
+    something was committed, else every `poll_interval` seconds;
+    `app.state.inbox.feed.close()` ends the live streams."""
     inbox = Inbox(
         hitl,
         password=password,
         secret=secret,
         session_hours=session_hours,
         poll_interval=poll_interval,
+        changes=changes,
     )
 
     @contextlib.asynccontextmanager

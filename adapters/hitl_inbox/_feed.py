@@ -1,6 +1,8 @@
 """The inbox's one follower of the event log: a thread that reads `hitl.events.list(after=...)`
-every `interval` seconds and fans the changes that matter to a page out to every open
-server-sent-events stream, so N browser tabs cost one store read per interval."""
+and fans the changes that matter to a page out to every open server-sent-events stream, so
+N browser tabs cost one store read, not N. It reads when the store's change feed says
+something was committed (`Store.subscribe`), or every `interval` seconds for a store
+without one."""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable, Collection
 from typing import Any
 
 import attrs
 
 import hitl_core
 from hitl_core import HitlError
+from hitl_core.adapter import ChangeListener
 
 __all__ = ["RELEVANT", "Feed", "Subscription"]
 
@@ -33,6 +37,12 @@ RELEVANT = frozenset(
 """Event types that can change what the inbox shows."""
 
 QUEUE_SIZE = 256
+SAFETY_NET = 2.0
+"""With a change feed: the longest pause between two reads all the same (seconds)."""
+
+Changes = Callable[[ChangeListener], Callable[[], None] | None]
+"""A store's `subscribe`: registers a listener, returns how to unregister it (or None
+when the store has no change feed)."""
 
 
 @attrs.define(eq=False)
@@ -54,12 +64,16 @@ class Feed:
     """Follows the event log from its end and hands each relevant change, as a small
     JSON-ready dict, to every subscription."""
 
-    def __init__(self, hitl: hitl_core.Hitl, *, interval: float = 0.2) -> None:
+    def __init__(
+        self, hitl: hitl_core.Hitl, *, interval: float = 0.2, changes: Changes | None = None
+    ) -> None:
         self.hitl = hitl
         self.interval = interval
+        self.changes = changes
         self._subscriptions: set[Subscription] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
         """Set once the follower has found the end of the log."""
@@ -94,6 +108,7 @@ class Feed:
     def close(self) -> None:
         """Stop following and end every stream."""
         self._stop.set()
+        self._wake.set()
         self._publish(None)
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -113,10 +128,23 @@ class Feed:
             cursor = batch[-1].id
         return cursor
 
+    def _changed(self, runs: Collection[str] | None) -> None:
+        self._wake.set()
+
     def _follow(self) -> None:
+        unsubscribe = self.changes(self._changed) if self.changes is not None else None
+        pause = max(self.interval, SAFETY_NET) if unsubscribe is not None else self.interval
+        try:
+            self._read_forever(pause)
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+
+    def _read_forever(self, pause: float) -> None:
         cursor: str | None = None
         found = False
         while not self._stop.is_set():
+            self._wake.clear()  # before reading, so a commit during the read is not missed
             try:
                 if not found:
                     cursor, found = self._end_of_log(), True
@@ -139,7 +167,7 @@ class Feed:
             if events:
                 cursor = events[-1].id
             else:
-                self._stop.wait(self.interval)
+                self._wake.wait(pause)
 
     def _describe(self, event: hitl_core.Event) -> dict[str, Any]:
         """What a page needs to know of an event; a resolved request also says who
