@@ -47,7 +47,11 @@ def serve(
     sock.listen(128)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    hitl, changes = open_engine(store_url)
+    try:
+        hitl, changes = open_engine(store_url)
+    except BaseException:
+        sock.close()
+        raise
     with hitl:
         app = create_app(hitl, password=password, poll_interval=poll_interval, changes=changes)
         config = uvicorn.Config(
