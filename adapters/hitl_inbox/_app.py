@@ -82,6 +82,8 @@ class _SecurityHeaders:
 
 
 class _Refusal(Exception):
+    """Ends a handler early with `response` (a redirect, 401, 403, 413 or 400)."""
+
     def __init__(self, response: Response) -> None:
         self.response = response
 
@@ -110,6 +112,7 @@ class Inbox:
 
     # -- sessions --------------------------------------------------------------------
     def session(self, request: Request) -> Session | None:
+        """The visitor's session (signed in or not), or None."""
         return Session.read(
             self.signer, request.cookies.get(SESSION_COOKIE), time.time(), self.lifetime
         )
@@ -134,6 +137,7 @@ class Inbox:
         )
 
     def set_session(self, response: Response, request: Request, session: Session) -> None:
+        """Store `session` in the response's cookie."""
         response.set_cookie(
             SESSION_COOKIE,
             session.cookie(self.signer),
@@ -146,11 +150,8 @@ class Inbox:
     async def checked_form(self, request: Request, session: Session) -> Form:
         """The POSTed form, once its origin and CSRF token are checked (403 otherwise)."""
         origin = request.headers.get("origin")
-        if origin is not None and origin != "null":
-            if urlsplit(origin).netloc != request.headers.get("host"):
-                raise _Refusal(_forbidden())
-        elif origin == "null":
-            raise _Refusal(_forbidden())
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+            raise _Refusal(_forbidden())  # another site, or "null" (a sandboxed frame)
         form = await _read_form(request)
         if not session.token_matches(form.get("csrf") or None):
             raise _Refusal(_forbidden())
@@ -158,6 +159,7 @@ class Inbox:
 
     # -- pages -----------------------------------------------------------------------
     async def login_form(self, request: Request) -> Response:
+        """GET /login: the form, with a fresh (not signed-in) session for its CSRF token."""
         session = self.session(request)
         if session is not None and session.name is not None:
             return RedirectResponse("/", status_code=303)
@@ -167,6 +169,7 @@ class Inbox:
         return response
 
     async def login(self, request: Request) -> Response:
+        """POST /login: check the password and the name; a new session on success."""
         session = self.session(request)
         if session is None:  # no cookie: the form did not come from our login page
             return RedirectResponse("/login", status_code=303)
@@ -189,6 +192,7 @@ class Inbox:
         return response
 
     async def logout(self, request: Request) -> Response:
+        """POST /logout: forget the session cookie."""
         session = self.signed_in(request)
         await self.checked_form(request, session)
         response = RedirectResponse("/login", status_code=303)
@@ -205,6 +209,7 @@ class Inbox:
         return Notice(kind, message)
 
     async def page(self, request: Request) -> Response:
+        """GET /: the inbox, with the notice left by the last decision."""
         session = self.signed_in(request)
         assert session.name is not None
         filters = Filters.parse(request.query_params)
@@ -221,12 +226,15 @@ class Inbox:
         return response
 
     async def cards(self, request: Request) -> Response:
+        """GET /cards: the list alone, for live updates."""
         session = self.signed_in(request)
         filters = Filters.parse(request.query_params)
         listing = await run_in_threadpool(collect, self.hitl, time.time())
         return HTMLResponse(cards(listing, listing.shown(filters), Context(session.csrf, filters)))
 
     async def decide(self, request: Request) -> Response:
+        """POST /decide/RUN/REQUEST: apply a form's decision, then back to the list (303),
+        or the page again with the refusal next to the form (422)."""
         session = self.signed_in(request)
         assert session.name is not None
         form = await self.checked_form(request, session)
@@ -259,6 +267,7 @@ class Inbox:
         return response
 
     async def stream(self, request: Request) -> Response:
+        """GET /events: server-sent events, one `change` per relevant event."""
         self.signed_in(request)
         if self.feed.subscribers >= STREAM_LIMIT:
             return Response("too many live streams", status_code=503, headers={"Retry-After": "5"})
