@@ -25,6 +25,7 @@ from .scenario import ScenarioError, load, play
 __all__ = ["main"]
 
 DEFAULT_DB = "hitl.db"
+PASSWORD_ENV = "HITL_INBOX_PASSWORD"  # hitl_inbox.PASSWORD_ENV, known without the extra
 
 
 def open_store(db: str | None) -> tuple[str | hitl_core.Store, str]:
@@ -447,6 +448,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inbox(args: argparse.Namespace) -> int:
+    try:
+        import hitl_inbox
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print(f"error: {SERVE_HINT.replace('hitl serve', 'hitl inbox')}", file=sys.stderr)
+        return 1
+    password = os.environ.get(hitl_inbox.PASSWORD_ENV)
+    if not password:
+        print(
+            f"error: no password: set {hitl_inbox.PASSWORD_ENV} (people sign in with it)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        hitl_inbox.serve(
+            store_url(args.db),
+            host=args.host,
+            port=args.port,
+            password=password,
+            poll_interval=args.poll_interval,
+        )
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -561,6 +591,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="the bearer key clients send (default $HITL_API_KEY)")
     serve.add_argument("--scenario", help="a scenario file every run's agent follows")
     serve.add_argument("--webhook-interval", type=float, default=0.5, help=argparse.SUPPRESS)
+
+    inbox = command(
+        "inbox",
+        cmd_inbox,
+        f"serve the approval inbox web page (password from ${PASSWORD_ENV})",
+        store=False,
+    )
+    inbox.add_argument("--host", default="127.0.0.1")
+    inbox.add_argument("--port", type=int, default=8001, help="0 picks a free port")
+    inbox.add_argument("--db", default=argparse.SUPPRESS, help="as hitl --db")
+    inbox.add_argument("--poll-interval", type=float, default=0.2, help=argparse.SUPPRESS)
     return parser
 
 
