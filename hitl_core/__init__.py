@@ -3,7 +3,14 @@ library. `connect(url)` gives the engine; everything else here is its vocabulary
 
 from ._clock import Clock, ManualClock, SystemClock
 from ._engine import Agent, Events, Hitl, Permissions, Runs, Tasks, connect
-from ._errors import ConflictError, HitlError, NotFoundError, StoreError, ValidationError
+from ._errors import (
+    ConflictError,
+    HitlError,
+    NotFoundError,
+    StoreError,
+    UnavailableError,
+    ValidationError,
+)
 from ._outbox import Outgoing, Webhooks
 from ._records import (
     AnswerResult,
@@ -50,6 +57,7 @@ __all__ = [
     "Tasks",
     "ToolGate",
     "Transaction",
+    "UnavailableError",
     "ValidationError",
     "WebhookDelivery",
     "WebhookEndpoint",

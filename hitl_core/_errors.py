@@ -43,3 +43,10 @@ class StoreError(HitlError):
     """500-like: the store cannot be opened or used (corrupt file, newer schema, I/O)."""
 
     status = 500
+
+
+class UnavailableError(StoreError):
+    """503-like: the store cannot answer now but may soon (busy, unreachable, connection
+    lost); the call did not happen and may be retried."""
+
+    status = 503

@@ -19,6 +19,8 @@ __all__ = [
     "AnswerResult",
     "ApproveResult",
     "Event",
+    "IdempotencyKey",
+    "Lease",
     "Page",
     "PermissionPolicy",
     "PermissionRequest",
@@ -153,10 +155,26 @@ _BUILDERS: dict[type, Callable[[dict[str, Any]], Any]] = {}
 
 def _compile_builder(cls: type) -> Callable[[dict[str, Any]], Any]:
     """Generate `fresh` for one record class: set every field from the given values (or
-    its default) with no converter, for values the engine has just made and owns."""
-    namespace: dict[str, Any] = {"_new": object.__new__, "_set": object.__setattr__, "cls": cls}
-    lines = ["def build(values):", "    new = _new(cls)"]
-    for field in attrs.fields(cls):
+    its default) with no converter, for values the engine has just made and owns. An
+    unknown or missing name is a TypeError, as in the attrs constructor."""
+    fields = attrs.fields(cls)
+    namespace: dict[str, Any] = {
+        "_new": object.__new__,
+        "_set": object.__setattr__,
+        "cls": cls,
+        "_refuse": _refuse_fields,
+        "_known": frozenset(field.alias or field.name for field in fields),
+        "_required": tuple(
+            field.alias or field.name for field in fields if field.default is attrs.NOTHING
+        ),
+    }
+    lines = [
+        "def build(values):",
+        "    if not _known.issuperset(values) or not all(n in values for n in _required):",
+        "        _refuse(cls, values, _known, _required)",
+        "    new = _new(cls)",
+    ]
+    for field in fields:
         name, alias = field.name, field.alias or field.name
         if field.default is attrs.NOTHING:
             value = f"values[{alias!r}]"
@@ -173,9 +191,20 @@ def _compile_builder(cls: type) -> Callable[[dict[str, Any]], Any]:
     return builder
 
 
+def _refuse_fields(
+    cls: type, values: dict[str, Any], known: frozenset[str], required: tuple[str, ...]
+) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {unknown}")
+    missing = [name for name in required if name not in values]
+    raise TypeError(f"{cls.__name__} needs the fields {missing}")
+
+
 def fresh(cls: type[R], **values: Any) -> R:
     """Construct a record from values that are already in their stored form (enums,
-    JSON copies nobody else holds), skipping the converters. Engine-internal."""
+    JSON copies nobody else holds), skipping the converters. Engine-internal; unknown
+    or missing field names are a TypeError, as in the attrs constructor."""
     builder = _BUILDERS.get(cls)
     if builder is None:
         builder = _BUILDERS[cls] = _compile_builder(cls)
@@ -228,6 +257,13 @@ class Run:
     _output: Any = attrs.field(default=None, converter=copy)
     error: str | None = None
     version: int = 1
+    lease_worker: str | None = None
+    """The worker holding the run's lease (see `Lease`), or None."""
+    lease_token: int = 0
+    """The fencing token of the latest lease: every claim of the run increases it."""
+    lease_expires: float | None = None
+    """When the current lease lapses (None: no lease is held)."""
+    _checkpoint: Any = attrs.field(default=None, converter=copy)
 
     @property
     def metadata(self) -> dict[str, Any] | None:
@@ -240,9 +276,25 @@ class Run:
         return copy(self._output)
 
     @property
+    def checkpoint(self) -> Any:
+        """A copy of the host's own JSON record of where its agent is (None: none)."""
+        return copy(self._checkpoint)
+
+    @property
     def is_terminal(self) -> bool:
         """True once the run is completed, failed or cancelled."""
         return self.status.is_terminal
+
+    def lease_at(self, now: float) -> Lease | None:
+        """The lease that holds the run at `now`, or None when none does."""
+        if self.lease_worker is None or self.lease_expires is None or self.lease_expires <= now:
+            return None
+        return Lease(
+            run_id=self.id,
+            worker=self.lease_worker,
+            token=self.lease_token,
+            expires_at=self.lease_expires,
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -365,20 +417,49 @@ class ToolGate:
 
 @attrs.frozen(kw_only=True)
 class AnswerResult:
-    """What `runs.answer` returns."""
+    """What `runs.answer` returns. `applied` is False when this call found the request
+    already answered the same way: `request.actor`, `reason` and `resolved_at` then say
+    who answered first, why and when."""
 
     request: PermissionRequest
     resumed: bool
     status: str = "ok"
+    applied: bool = True
 
 
 @attrs.frozen(kw_only=True)
 class ApproveResult:
-    """What `runs.approve` returns."""
+    """What `runs.approve` returns. `applied` is False when this call found the request
+    already decided the same way: `request.actor`, `reason` and `resolved_at` then say
+    who decided first, why and when."""
 
     request: PermissionRequest
     resumed: bool
     remembered: bool
+    applied: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class Lease:
+    """A worker's claim on a run (`runs.claim`): while it holds, no other worker may act
+    as the run's agent. `token` fences it: a newer claim of the run has a larger token,
+    and an agent holding an older one is refused (409 `lease_lost`)."""
+
+    run_id: str
+    worker: str
+    token: int
+    expires_at: float
+
+
+@attrs.frozen(kw_only=True)
+class IdempotencyKey:
+    """A `runs.create(idempotency_key=...)` key, bound to the run it made and to a
+    fingerprint of the call's arguments (a store record; not returned by the API)."""
+
+    key: str
+    run_id: str
+    fingerprint: str
+    created_at: float
 
 
 def _strings(values: Iterable[str]) -> tuple[str, ...]:

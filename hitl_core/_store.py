@@ -1,17 +1,20 @@
 """The store port: the small interface every storage adapter implements.
 
 The engine opens one transaction per public call, reads what it needs, and writes the
-whole result before the transaction ends; an adapter makes that all-or-nothing and
-serialises writers. Adapters raise only HitlError subclasses (StoreError for I/O)."""
+whole result before the transaction ends; an adapter makes that all-or-nothing and keeps
+concurrent writers from losing each other's work (see `Store.transaction`). Adapters
+raise only HitlError subclasses: StoreError for what cannot work, UnavailableError for
+what may work if tried again (busy, unreachable, connection lost)."""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 
 from ._records import (
     Event,
+    IdempotencyKey,
     PermissionPolicy,
     PermissionRequest,
     Run,
@@ -20,7 +23,11 @@ from ._records import (
     WebhookEndpoint,
 )
 
-__all__ = ["Store", "Transaction"]
+__all__ = ["ChangeListener", "Store", "Transaction"]
+
+ChangeListener = Callable[[Collection[str] | None], None]
+"""Called by a store after a transaction of any process committed events: with the ids
+of the runs those events belong to, or with None when the store cannot tell which."""
 
 
 class Transaction(abc.ABC):
@@ -49,6 +56,23 @@ class Transaction(abc.ABC):
     def due_runs(self, now: float, limit: int) -> list[Run]:
         """Up to `limit` runs whose `deadline` is set and <= now, earliest deadline first,
         equal deadlines in the order the runs were created."""
+
+    @abc.abstractmethod
+    def claimable_runs(self, now: float, limit: int) -> list[Run]:
+        """Up to `limit` runs with status `running` whose lease is absent or has lapsed
+        (`lease_expires` is None or <= now): runs that need a worker. Earliest
+        `lease_expires` first (None counting as 0), ties in the order the runs were
+        created."""
+
+    @abc.abstractmethod
+    def ended_runs(self, before: float, limit: int) -> list[str]:
+        """The ids of up to `limit` runs in a terminal status (completed, failed,
+        cancelled) whose `updated_at` is < `before`, earliest `updated_at` first."""
+
+    @abc.abstractmethod
+    def delete_runs(self, run_ids: Sequence[str]) -> None:
+        """Remove these runs with their requests, events and idempotency keys, and those
+        of their webhook deliveries that are no longer pending."""
 
     @abc.abstractmethod
     def insert_run(self, run: Run) -> None:
@@ -86,12 +110,11 @@ class Transaction(abc.ABC):
         """The policy with this id, or None."""
 
     @abc.abstractmethod
-    def candidate_policies(self, user_id: str | None, tool_name: str) -> Iterator[PermissionPolicy]:
+    def candidate_policies(self, user_id: str | None, tool_name: str) -> list[PermissionPolicy]:
         """Policies of this scope that may cover `tool_name`: the exact one first, then,
-        in creation order, every pattern policy (one with `*`, `?` or `[`) whose literal
-        prefix (the part before its first wildcard: `_policy.literal_prefix`) is a prefix
-        of `tool_name`. The engine does the matching, so a store may also yield other
-        pattern policies of the scope."""
+        in creation order, every pattern policy (`is_pattern`) whose literal prefix
+        (`literal_prefix`) is a prefix of `tool_name`. The engine does the matching, so a
+        store may also return other pattern policies of the scope."""
 
     @abc.abstractmethod
     def list_policies(
@@ -106,6 +129,15 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def delete_policy(self, policy_id: str) -> None:
         """Remove a stored policy."""
+
+    # idempotency keys of runs.create
+    @abc.abstractmethod
+    def get_idempotency_key(self, key: str) -> IdempotencyKey | None:
+        """The stored key, or None."""
+
+    @abc.abstractmethod
+    def insert_idempotency_key(self, key: IdempotencyKey) -> None:
+        """Store a new key (the engine has just seen that it is not stored)."""
 
     # tasks
     @abc.abstractmethod
@@ -190,9 +222,26 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def transaction(self, *, write: bool) -> AbstractContextManager[Transaction]:
         """Open a transaction; it commits when the block ends normally and rolls back
-        when it raises. A write transaction excludes every other writer; a read
-        transaction sees committed data only. The engine never nests transactions."""
+        when it raises (nothing of it stays). A read transaction sees committed data
+        only. The engine never nests transactions.
+
+        Write transactions must not lose each other's work. A store may simply let one
+        writer in at a time (memory, SQLite). A store that lets writers run at once
+        (PostgreSQL) must instead detect every conflict the engine can meet and raise
+        ConflictError('concurrent_update') for it, so the engine runs the call again:
+        `update_run` compares versions; inserting a policy whose (scope, tool) or a key
+        that another transaction stored meanwhile conflicts; and in a write transaction,
+        `get_cursor` and `due_deliveries` hold what they return until the end of the
+        transaction, so two webhook workers never fan out or claim the same thing."""
 
     @abc.abstractmethod
     def close(self) -> None:
         """Release the store's resources; safe to call twice."""
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None] | None:
+        """Call `listener` after every committed transaction of any engine, thread or
+        process that appended events (see `ChangeListener`), until the returned function
+        is called. None (this default) means the store has no such feed: an engine then
+        learns of other processes' decisions by re-reading at intervals. Listeners are
+        called from a thread of the store's own; they must return quickly."""
+        return None

@@ -45,13 +45,13 @@ def policy(policy_id: str, tool: str) -> PermissionPolicy:
     )
 
 
-def test_a_committed_inner_block_rolls_back_with_its_outer_block() -> None:
+def test_transactions_do_not_nest_and_the_outer_one_rolls_back() -> None:
     store = MemoryStore()
-    with pytest.raises(RuntimeError), store.transaction(write=True) as tx:
-        with store.transaction(write=True) as inner:
-            inner.insert_run(run("run_a"))
-        assert tx.get_run("run_a") is not None
-        raise RuntimeError("outer fails")
+    with pytest.raises(StoreError) as caught, store.transaction(write=True) as tx:
+        tx.insert_run(run("run_a"))
+        with store.transaction(write=True):
+            pass
+    assert caught.value.code == "store_nested"
     with store.transaction(write=False) as tx:
         assert tx.get_run("run_a") is None
 

@@ -396,19 +396,21 @@ def test_update_run_is_compare_and_set(tmp_path: Path) -> None:
         second.close()
 
 
-def test_a_raising_transaction_leaves_nothing(tmp_path: Path) -> None:
+def test_a_raising_transaction_leaves_nothing_and_transactions_do_not_nest(
+    tmp_path: Path,
+) -> None:
     store = hitl_sqlite.open_store(url(tmp_path / "h.db"))
     try:
         with pytest.raises(KeyError), store.transaction(write=True) as tx:
             tx.insert_run(new_run("run_a"))
-            with store.transaction(write=True) as inner:  # nested: a savepoint
-                inner.insert_run(new_run("run_b"))
             raise KeyError("boom")
+        with pytest.raises(StoreError) as caught, store.transaction(write=True) as tx:
+            tx.insert_run(new_run("run_b"))
+            with store.transaction(write=False):
+                pass
+        assert caught.value.code == "store_nested"
         with store.transaction(write=True) as tx:
             tx.insert_run(new_run("run_c"))
-            with pytest.raises(KeyError), store.transaction(write=True) as inner:
-                inner.insert_run(new_run("run_d"))
-                raise KeyError("inner only")
         with store.transaction(write=False) as tx:
             found = tx.list_runs(user_id=None, status=None, limit=10, starting_after=None)
             assert found is not None

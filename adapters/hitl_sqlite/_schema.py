@@ -9,10 +9,20 @@ from urllib.parse import quote
 
 from hitl_core import StoreError
 
-__all__ = ["APPLICATION", "SCHEMA", "SCHEMA_VERSION", "create_schema", "inspect_file", "is_wal"]
+__all__ = [
+    "APPLICATION",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "UPGRADES",
+    "create_schema",
+    "inspect_file",
+    "is_wal",
+    "upgrade_schema",
+]
 
-SCHEMA_VERSION = 1
-"""The schema this code writes and reads. A file with a higher version is refused."""
+SCHEMA_VERSION = 2
+"""The schema this code writes and reads. A file with a higher version is refused; a
+file with a lower one is upgraded (`UPGRADES`) in one transaction when it is opened."""
 
 APPLICATION = "hitl-core"
 APPLICATION_ID = 0x48544C43  # "HTLC" in the file header, so tools like `file` can tell
@@ -147,6 +157,34 @@ SCHEMA: tuple[str, ...] = (
     "WHERE status = 'pending'",
 )
 
+# What each version adds to the one before. A new file is made from SCHEMA (version 1)
+# and every upgrade in turn, so the upgrade path is the path every test takes.
+UPGRADES: dict[int, tuple[str, ...]] = {
+    2: (
+        # leases (runs.claim), the host's checkpoint
+        "ALTER TABLE runs ADD COLUMN lease_worker TEXT",
+        "ALTER TABLE runs ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN lease_expires REAL",
+        "ALTER TABLE runs ADD COLUMN checkpoint TEXT",
+        # runs.list(status=...) walks one status in order
+        "CREATE INDEX runs_by_status ON runs (status, seq)",
+        # runs.claimable: running runs by when their lease lapsed (no lease: 0)
+        "CREATE INDEX runs_claimable ON runs (ifnull(lease_expires, 0.0), seq) "
+        "WHERE status = 'running'",
+        # runs.prune: ended runs by their last change
+        "CREATE INDEX runs_ended ON runs (updated_at) "
+        "WHERE status IN ('completed', 'failed', 'cancelled')",
+        """CREATE TABLE idempotency_keys (
+            key         TEXT PRIMARY KEY,
+            run_id      TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            created_at  REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX idempotency_keys_by_run ON idempotency_keys (run_id)",
+        "CREATE INDEX deliveries_by_run ON webhook_deliveries (run_id)",
+    ),
+}
+
 _TABLES_SQL = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
 _META_SQL = "SELECT key, value FROM hitl_meta WHERE key IN ('application', 'schema_version')"
 
@@ -246,6 +284,18 @@ def create_schema(db: sqlite3.Connection) -> None:
         db.execute(statement)
     db.executemany(
         "INSERT INTO hitl_meta (key, value) VALUES (?, ?)",
-        [("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
+        [("application", APPLICATION), ("schema_version", "1")],
     )
     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    upgrade_schema(db, 1)
+
+
+def upgrade_schema(db: sqlite3.Connection, version: int) -> None:
+    """Bring a schema of `version` up to SCHEMA_VERSION (inside the caller's transaction)."""
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        for statement in UPGRADES[target]:
+            db.execute(statement)
+    if version < SCHEMA_VERSION:
+        db.execute(
+            "UPDATE hitl_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        )

@@ -8,27 +8,41 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, suppress
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
-from hitl_core import ConflictError, StoreError, ValidationError
-from hitl_core._policy import prefixes
-from hitl_core._records import (
+from hitl_core.adapter import (
+    ChangeListener,
+    ConflictError,
     Event,
+    IdempotencyKey,
     PermissionPolicy,
     PermissionRequest,
     Run,
+    Store,
+    StoreError,
     Task,
+    Transaction,
+    ValidationError,
     WebhookDelivery,
     WebhookEndpoint,
+    prefixes,
 )
-from hitl_core._store import Store, Transaction
 
 from . import _rows as q
-from ._schema import create_schema, inspect_file, is_wal, read_header, read_schema
+from ._schema import (
+    SCHEMA_VERSION,
+    create_schema,
+    inspect_file,
+    is_wal,
+    read_header,
+    read_schema,
+    upgrade_schema,
+)
+from ._watch import Watcher
 
 __all__ = ["SqliteStore", "open_store", "parse_url"]
 
@@ -116,15 +130,14 @@ def store_error(error: sqlite3.Error, doing: str, path: str) -> StoreError:
 
 
 class _Session:
-    """One connection with its transaction object and nesting state."""
+    """One connection, its transaction object, and whether a transaction is open on it."""
 
-    __slots__ = ("db", "depth", "holds_writer", "thread", "tx", "wrote")
+    __slots__ = ("active", "db", "holds_writer", "thread", "tx")
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         self.tx = SqliteTransaction(db)
-        self.depth = 0
-        self.wrote = False
+        self.active = False
         self.holds_writer = False
         self.thread = threading.current_thread()
 
@@ -152,6 +165,7 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._writer = threading.RLock() if self._memory else threading.Lock()
         self._shared: _Session | None = None
+        self._watcher: Watcher | None = None
         if self._memory:
             self._shared = self._register(self._open_memory())
         else:
@@ -218,7 +232,7 @@ class SqliteStore(Store):
                             "store_unavailable",
                             f"{self.path!r} cannot use write-ahead logging (journal mode {mode!r})",
                         )
-                if version is None:
+                if version is None or version < SCHEMA_VERSION:
                     self._create(db)
                 else:
                     # A plain read on the read-write connection: proves the -wal and -shm
@@ -232,11 +246,15 @@ class SqliteStore(Store):
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _create(self, db: sqlite3.Connection) -> None:
-        """Create the schema in one transaction, unless another process just did."""
+        """Create the schema, or upgrade an older one of ours, in one transaction, unless
+        another process just did."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            if read_schema(db, self.path) is None:
+            version = read_schema(db, self.path)
+            if version is None:
                 create_schema(db)
+            elif version < SCHEMA_VERSION:
+                upgrade_schema(db, version)
             db.execute("COMMIT")
         except BaseException:
             _quiet(db, "ROLLBACK")
@@ -298,8 +316,7 @@ class SqliteStore(Store):
     # -- transactions ------------------------------------------------------------------
     def transaction(self, *, write: bool) -> AbstractContextManager[Transaction]:
         """A write transaction is BEGIN IMMEDIATE (retried with backoff while the file is
-        busy); a read one is a deferred BEGIN, one consistent snapshot. Nested calls on
-        the same thread use savepoints."""
+        busy); a read one is a deferred BEGIN, one consistent snapshot."""
         return _Scope(self, write)
 
     def _begin_immediate(self, db: sqlite3.Connection) -> None:
@@ -320,6 +337,23 @@ class SqliteStore(Store):
             time.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, BACKOFF_MAX)
 
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Tell `listener` which runs had events committed, by any connection of any
+        process: a watcher thread reads `PRAGMA data_version` (which changes when
+        another connection commits) every 1-16 ms and then the new events' run ids."""
+        with self._registry_lock:
+            if self._closed:
+                raise StoreError("store_closed", f"the SQLite store {self.path!r} is closed")
+            if self._watcher is None:
+                self._watcher = Watcher(None if self._memory else self._connect, self.path)
+            return self._watcher.add(listener)
+
+    def _committed(self, run_ids: frozenset[str]) -> None:
+        """Tell this process's listeners at once about a commit of its own."""
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.tell(run_ids)
+
     def close(self) -> None:
         """Close every connection this store opened (in every thread); safe twice."""
         with self._registry_lock:
@@ -327,6 +361,9 @@ class SqliteStore(Store):
                 return
             self._closed = True
             sessions, self._sessions = self._sessions, []
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
         for session in sessions:
             with suppress(sqlite3.Error):
                 session.db.close()
@@ -334,7 +371,7 @@ class SqliteStore(Store):
 
 
 class _Scope(AbstractContextManager[Transaction]):
-    """One `with store.transaction(...)` block."""
+    """One `with store.transaction(...)` block. Transactions do not nest."""
 
     __slots__ = ("_session", "_store", "_write")
 
@@ -348,23 +385,12 @@ class _Scope(AbstractContextManager[Transaction]):
         if store._closed:
             raise StoreError("store_closed", f"the SQLite store {store.path!r} is closed")
         session = store._session()
-        if store._memory:
+        if store._memory:  # one shared session: wait for it (the lock is re-entrant)
             store._writer.acquire()
-        try:
-            if session.depth:
-                self._enter_nested(session)
-            else:
-                self._enter_outer(session)
-        except BaseException:
+        if session.active:
             if store._memory:
                 store._writer.release()
-            raise
-        session.depth += 1
-        self._session = session
-        return session.tx
-
-    def _enter_outer(self, session: _Session) -> None:
-        store = self._store
+            raise StoreError("store_nested", "SQLite store transactions do not nest")
         if self._write and not store._memory:
             self._hold_writer(session)
         try:
@@ -372,22 +398,15 @@ class _Scope(AbstractContextManager[Transaction]):
                 store._begin_immediate(session.db)
             else:
                 session.db.execute("BEGIN")
-        except sqlite3.Error as error:
-            self._drop_writer(session)
-            raise store_error(error, "starting a transaction", store.path) from error
-        except BaseException:
-            self._drop_writer(session)
+        except BaseException as error:
+            self._release(session)
+            if isinstance(error, sqlite3.Error):
+                raise store_error(error, "starting a transaction", store.path) from error
             raise
-        session.wrote = self._write
-
-    def _enter_nested(self, session: _Session) -> None:
-        if self._write and not session.wrote and not self._store._memory:
-            self._hold_writer(session)
-            session.wrote = True
-        try:
-            session.db.execute(f"SAVEPOINT hitl_{session.depth}")
-        except sqlite3.Error as error:
-            raise store_error(error, "starting a nested transaction", self._store.path) from error
+        session.active = True
+        session.tx.changed = set()
+        self._session = session
+        return session.tx
 
     def _hold_writer(self, session: _Session) -> None:
         if not self._store._writer.acquire(timeout=LOCK_WAIT):
@@ -396,9 +415,11 @@ class _Scope(AbstractContextManager[Transaction]):
             )
         session.holds_writer = True
 
-    def _drop_writer(self, session: _Session) -> None:
+    def _release(self, session: _Session) -> None:
         if session.holds_writer:
             session.holds_writer = False
+            self._store._writer.release()
+        if self._store._memory:
             self._store._writer.release()
 
     def __exit__(
@@ -410,17 +431,10 @@ class _Scope(AbstractContextManager[Transaction]):
         session = self._session
         assert session is not None
         store = self._store
-        session.depth -= 1
         db = session.db
+        changed = session.tx.changed
         try:
-            if session.depth:
-                name = f"hitl_{session.depth}"
-                if exc is None:
-                    self._run(db, f"RELEASE {name}", "committing a nested transaction")
-                else:
-                    _quiet(db, f"ROLLBACK TO {name}")
-                    _quiet(db, f"RELEASE {name}")
-            elif exc is None:
+            if exc is None:
                 try:
                     self._run(db, "COMMIT", "committing")
                 except StoreError:
@@ -429,11 +443,10 @@ class _Scope(AbstractContextManager[Transaction]):
             else:
                 _quiet(db, "ROLLBACK")
         finally:
-            if not session.depth:
-                session.wrote = False
-                self._drop_writer(session)
-            if store._memory:
-                store._writer.release()
+            session.active = False
+            self._release(session)
+        if exc is None and changed:
+            store._committed(frozenset(changed))
         if isinstance(exc, sqlite3.Error):
             raise store_error(exc, "a transaction", store.path) from exc
         if isinstance(exc, UnicodeEncodeError):
@@ -457,11 +470,13 @@ def _quiet(db: sqlite3.Connection, sql: str) -> None:
 class SqliteTransaction(Transaction):
     """The port's reads and writes on one connection inside an open transaction."""
 
-    __slots__ = ("_execute", "_executemany")
+    __slots__ = ("_execute", "_executemany", "changed")
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._execute = db.execute
         self._executemany = db.executemany
+        self.changed: set[str] = set()
+        """The runs whose events this transaction appended (told to listeners on commit)."""
 
     # A string that cannot be encoded as UTF-8 (a lone surrogate) cannot be stored, so a
     # lookup by one finds nothing, as in the memory store; writing one is refused.
@@ -480,7 +495,7 @@ class SqliteTransaction(Transaction):
     # runs
     def get_run(self, run_id: str) -> Run | None:
         row = self._one(q.GET_RUN, (run_id,))
-        return None if row is None else q.run_from_row(row)
+        return None if row is None else q.RUN.decode(row)
 
     def list_runs(
         self, *, user_id: str | None, status: str | None, limit: int, starting_after: str | None
@@ -499,38 +514,57 @@ class SqliteTransaction(Transaction):
         params.append(limit + 1)
         sql = q.LIST_RUNS[(user_id is not None, status is not None)]
         rows = self._all(sql, params)
-        return [q.run_from_row(row) for row in rows[:limit]], len(rows) > limit
+        return [q.RUN.decode(row) for row in rows[:limit]], len(rows) > limit
 
     def due_runs(self, now: float, limit: int) -> list[Run]:
-        rows = self._all(q.DUE_RUNS, (now, limit))
-        return [q.run_from_row(row) for row in rows]
+        return [q.RUN.decode(row) for row in self._all(q.DUE_RUNS, (now, limit))]
+
+    def claimable_runs(self, now: float, limit: int) -> list[Run]:
+        return [q.RUN.decode(row) for row in self._all(q.CLAIMABLE_RUNS, (now, limit))]
+
+    def ended_runs(self, before: float, limit: int) -> list[str]:
+        return [row[0] for row in self._all(q.ENDED_RUNS, (before, limit))]
+
+    def delete_runs(self, run_ids: Sequence[str]) -> None:
+        for start in range(0, len(run_ids), 500):
+            chunk = tuple(run_ids[start : start + 500])
+            for sql in q.delete_runs(len(chunk)):
+                self._execute(sql, chunk)
 
     def insert_run(self, run: Run) -> None:
-        self._execute(q.INSERT_RUN, q.run_params(run))
+        self._execute(q.INSERT_RUN, q.RUN.encode(run))
 
     def update_run(self, run: Run) -> None:
-        cursor = self._execute(q.UPDATE_RUN, (*q.run_params(run), run.version - 1))
+        cursor = self._execute(q.UPDATE_RUN, (*q.RUN.encode(run), run.version - 1))
         if cursor.rowcount != 1:
             raise ConflictError("concurrent_update", f"run {run.id} was changed concurrently")
+
+    # idempotency keys
+    def get_idempotency_key(self, key: str) -> IdempotencyKey | None:
+        row = self._one(q.GET_KEY, (key,))
+        return None if row is None else q.KEY.decode(row)
+
+    def insert_idempotency_key(self, key: IdempotencyKey) -> None:
+        self._execute(q.INSERT_KEY, q.KEY.encode(key))
 
     # requests
     def get_request(self, request_id: str) -> PermissionRequest | None:
         row = self._one(q.GET_REQUEST, (request_id,))
-        return None if row is None else q.request_from_row(row)
+        return None if row is None else q.REQUEST.decode(row)
 
     def list_requests(self, run_id: str, *, pending_only: bool = False) -> list[PermissionRequest]:
         sql = q.RUN_PENDING_REQUESTS if pending_only else q.RUN_REQUESTS
-        return [q.request_from_row(row) for row in self._all(sql, (run_id,))]
+        return [q.REQUEST.decode(row) for row in self._all(sql, (run_id,))]
 
     def pending_requests(self, limit: int) -> list[PermissionRequest]:
         rows = self._all(q.PENDING_REQUESTS, (limit,))
-        return [q.request_from_row(row) for row in rows]
+        return [q.REQUEST.decode(row) for row in rows]
 
     def save_requests(self, requests: Sequence[PermissionRequest]) -> None:
         if len(requests) == 1:
-            self._execute(q.SAVE_REQUEST, q.request_params(requests[0]))
+            self._execute(q.SAVE_REQUEST, q.REQUEST.encode(requests[0]))
         elif requests:
-            self._executemany(q.SAVE_REQUEST, [q.request_params(r) for r in requests])
+            self._executemany(q.SAVE_REQUEST, [q.REQUEST.encode(r) for r in requests])
 
     # policies
     def find_policy(self, user_id: str | None, tool: str) -> PermissionPolicy | None:
@@ -541,17 +575,16 @@ class SqliteTransaction(Transaction):
         row = self._one(q.GET_POLICY, (policy_id,))
         return None if row is None else q.policy_from_row(row)
 
-    def candidate_policies(self, user_id: str | None, tool_name: str) -> Iterator[PermissionPolicy]:
+    def candidate_policies(self, user_id: str | None, tool_name: str) -> list[PermissionPolicy]:
         exact = self.find_policy(user_id, tool_name)
-        if exact is not None:
-            yield exact
-        heads = prefixes(tool_name)
-        if len(heads) > q.MAX_PREFIXES:  # a very long name: read the scope's patterns
+        found = [] if exact is None else [exact]
+        if len(tool_name) >= q.MAX_PREFIXES:  # a very long name: read the scope's patterns
             rows = self._all(q.ALL_PATTERN_POLICIES, (q.scope(user_id),))
         else:
+            heads = prefixes(tool_name)
             rows = self._all(q.pattern_policies(len(heads)), (q.scope(user_id), *heads))
-        for row in rows:
-            yield q.policy_from_row(row)
+        found.extend(q.policy_from_row(row) for row in rows)
+        return found
 
     def list_policies(
         self, user_id: str | None, *, limit: int, starting_after: str | None
@@ -575,17 +608,18 @@ class SqliteTransaction(Transaction):
     # tasks
     def get_task(self, task_id: str) -> Task | None:
         row = self._one(q.GET_TASK, (task_id,))
-        return None if row is None else q.task_from_row(row)
+        return None if row is None else q.TASK.decode(row)
 
     def insert_task(self, task: Task) -> None:
-        self._execute(q.INSERT_TASK, q.task_params(task))
+        self._execute(q.INSERT_TASK, q.TASK.encode(task))
 
     # events
     def append_events(self, events: Sequence[Event]) -> None:
+        self.changed.update(event.run_id for event in events)
         if len(events) == 1:
-            self._execute(q.INSERT_EVENT, q.event_params(events[0]))
+            self._execute(q.INSERT_EVENT, q.EVENT.encode(events[0]))
         elif events:
-            self._executemany(q.INSERT_EVENT, [q.event_params(event) for event in events])
+            self._executemany(q.INSERT_EVENT, [q.EVENT.encode(event) for event in events])
 
     def list_events(
         self, *, after: str | None, run_id: str | None, limit: int
@@ -600,11 +634,11 @@ class SqliteTransaction(Transaction):
             rows = self._all(q.LIST_EVENTS, (start, limit))
         else:
             rows = self._all(q.LIST_RUN_EVENTS, (run_id, start, limit))
-        return [q.event_from_row(row) for row in rows]
+        return [q.EVENT.decode(row) for row in rows]
 
     def last_event_id(self) -> str | None:
-        row = self._one(q.LAST_EVENT_ID, ())
-        return None if row is None else str(row[0])
+        row = self._one(q.LAST_EVENT, ())
+        return None if row is None else str(row[1])
 
     # webhooks
     def get_cursor(self, name: str) -> str | None:
@@ -616,7 +650,7 @@ class SqliteTransaction(Transaction):
 
     def get_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
         row = self._one(q.GET_ENDPOINT, (endpoint_id,))
-        return None if row is None else q.endpoint_from_row(row)
+        return None if row is None else q.ENDPOINT.decode(row)
 
     def list_endpoints(
         self, *, limit: int, starting_after: str | None
@@ -628,13 +662,13 @@ class SqliteTransaction(Transaction):
                 return None
             after = found[0]
         rows = self._all(q.LIST_ENDPOINTS, (after, limit + 1))
-        return [q.endpoint_from_row(row) for row in rows[:limit]], len(rows) > limit
+        return [q.ENDPOINT.decode(row) for row in rows[:limit]], len(rows) > limit
 
     def insert_endpoint(self, endpoint: WebhookEndpoint) -> None:
-        self._execute(q.INSERT_ENDPOINT, q.endpoint_params(endpoint))
+        self._execute(q.INSERT_ENDPOINT, q.ENDPOINT.encode(endpoint))
 
     def update_endpoint(self, endpoint: WebhookEndpoint) -> None:
-        self._execute(q.UPDATE_ENDPOINT, q.endpoint_params(endpoint))
+        self._execute(q.UPDATE_ENDPOINT, q.ENDPOINT.encode(endpoint))
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self._execute(q.DELETE_ENDPOINT_DELIVERIES, (endpoint_id,))
@@ -642,16 +676,16 @@ class SqliteTransaction(Transaction):
 
     def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
         row = self._one(q.GET_DELIVERY, (delivery_id,))
-        return None if row is None else q.delivery_from_row(row)
+        return None if row is None else q.DELIVERY.decode(row)
 
     def save_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
         if len(deliveries) == 1:
-            self._execute(q.SAVE_DELIVERY, q.delivery_params(deliveries[0]))
+            self._execute(q.SAVE_DELIVERY, q.DELIVERY.encode(deliveries[0]))
         elif deliveries:
-            self._executemany(q.SAVE_DELIVERY, [q.delivery_params(d) for d in deliveries])
+            self._executemany(q.SAVE_DELIVERY, [q.DELIVERY.encode(d) for d in deliveries])
 
     def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
-        return [q.delivery_from_row(row) for row in self._all(q.DUE_DELIVERIES, (now, limit))]
+        return [q.DELIVERY.decode(row) for row in self._all(q.DUE_DELIVERIES, (now, limit))]
 
     def list_deliveries(
         self, endpoint_id: str, *, status: str | None, limit: int, starting_after: str | None
@@ -666,4 +700,4 @@ class SqliteTransaction(Transaction):
             rows = self._all(q.LIST_DELIVERIES, (endpoint_id, after, limit + 1))
         else:
             rows = self._all(q.LIST_DELIVERIES_OF_STATUS, (endpoint_id, after, status, limit + 1))
-        return [q.delivery_from_row(row) for row in rows[:limit]], len(rows) > limit
+        return [q.DELIVERY.decode(row) for row in rows[:limit]], len(rows) > limit

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from hitl_core import Hitl, WebhookDelivery
-from hitl_core._outbox import BACKOFF, MAX_ATTEMPTS, Outgoing
+from hitl_core import Hitl, Outgoing, WebhookDelivery
+from hitl_core.adapter import BACKOFF, MAX_ATTEMPTS
 
 __all__ = ["Dispatcher", "Response", "http_post"]
 

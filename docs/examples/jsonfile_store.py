@@ -18,7 +18,7 @@ How it keeps the port's promises:
 
 It is deliberately simple, not fast: every lookup scans a table and every commit rewrites
 the whole file. A real adapter indexes what the port's docstrings say it looks up.
-It imports only public names of hitl_core (and attrs, which hitl-core depends on).
+It imports only public names of hitl_core (`hitl_core.adapter`, the adapter's module).
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import attrs
-
-from hitl_core import (
+from hitl_core.adapter import (
     ConflictError,
     Event,
+    IdempotencyKey,
     PermissionPolicy,
     PermissionRequest,
     Run,
@@ -47,6 +46,9 @@ from hitl_core import (
     ValidationError,
     WebhookDelivery,
     WebhookEndpoint,
+    from_row,
+    is_pattern,
+    to_row,
 )
 
 __all__ = ["JsonFileStore", "JsonFileTransaction", "open_store"]
@@ -64,10 +66,9 @@ RECORDS: dict[str, type[Any]] = {
     "events": Event,
     "endpoints": WebhookEndpoint,
     "deliveries": WebhookDelivery,
+    "keys": IdempotencyKey,
 }
 TABLES = (*RECORDS, "cursors")
-SETS = {"remembered_allow", "remembered_deny"}  # Run's frozenset fields
-WILDCARDS = frozenset("*?[")
 
 Tables = dict[str, dict[str, Any]]
 
@@ -88,24 +89,13 @@ def open_store(url: str) -> JsonFileStore:
 
 
 def encode(record: Any) -> dict[str, Any]:
-    """A record as a JSON object. Records are attrs classes; each field is read through
-    its public name (`alias`: `metadata`, not the private `_metadata`), which is also the
-    constructor's keyword, so `decode` can rebuild the record exactly."""
-    out: dict[str, Any] = {}
-    for field in attrs.fields(type(record)):
-        value = getattr(record, field.alias)
-        if isinstance(value, frozenset):
-            value = sorted(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[field.alias] = value
-    return out
+    """A record as a JSON object: its row form (`to_row`), which `json` can write."""
+    return to_row(record)
 
 
 def decode(cls: type[Any], data: dict[str, Any]) -> Any:
-    """The record that `encode` wrote."""
-    values = {key: frozenset(value) if key in SETS else value for key, value in data.items()}
-    return cls(**values)
+    """The record that `encode` wrote (`from_row` checks every field)."""
+    return from_row(cls, data)
 
 
 def empty_tables() -> Tables:
@@ -113,7 +103,11 @@ def empty_tables() -> Tables:
 
 
 def key_of(record: Any) -> str:
-    return record.request_id if isinstance(record, PermissionRequest) else record.id
+    if isinstance(record, PermissionRequest):
+        return record.request_id
+    if isinstance(record, IdempotencyKey):
+        return record.key
+    return str(record.id)
 
 
 def dump(tables: Tables) -> dict[str, Any]:
@@ -125,7 +119,7 @@ def dump(tables: Tables) -> dict[str, Any]:
 def load(data: dict[str, Any]) -> Tables:
     tables = empty_tables()
     for name, cls in RECORDS.items():
-        for item in data[name]:
+        for item in data.get(name, []):  # tables added later start empty
             record = decode(cls, item)
             tables[name][key_of(record)] = record
     tables["cursors"] = dict(data["cursors"])
@@ -197,6 +191,33 @@ class JsonFileTransaction(Transaction):
         due.sort(key=lambda run: run.deadline)  # stable: equal deadlines keep creation order
         return due[:limit]
 
+    def claimable_runs(self, now: float, limit: int) -> list[Run]:
+        free = [
+            r
+            for r in self._read("runs").values()
+            if r.status == "running" and (r.lease_expires or 0.0) <= now
+        ]
+        free.sort(key=lambda run: run.lease_expires or 0.0)  # stable: ties in creation order
+        return free[:limit]
+
+    def ended_runs(self, before: float, limit: int) -> list[str]:
+        ended = [r for r in self._read("runs").values() if r.is_terminal and r.updated_at < before]
+        ended.sort(key=lambda run: run.updated_at)
+        return [run.id for run in ended[:limit]]
+
+    def delete_runs(self, run_ids: Sequence[str]) -> None:
+        gone = set(run_ids)
+        for name in ("requests", "events", "keys"):
+            table = self._write(name)
+            for key in [k for k, record in table.items() if record.run_id in gone]:
+                del table[key]
+        deliveries = self._write("deliveries")
+        for key in [k for k, d in deliveries.items() if d.run_id in gone and d.status != "pending"]:
+            del deliveries[key]
+        runs = self._write("runs")
+        for run_id in run_ids:
+            del runs[run_id]
+
     def insert_run(self, run: Run) -> None:
         self._write("runs")[run.id] = run
 
@@ -240,19 +261,17 @@ class JsonFileTransaction(Transaction):
         policy: PermissionPolicy | None = self._read("policies").get(policy_id)
         return policy
 
-    def candidate_policies(self, user_id: str | None, tool_name: str) -> Iterator[PermissionPolicy]:
+    def candidate_policies(self, user_id: str | None, tool_name: str) -> list[PermissionPolicy]:
         # The exact policy first, then every pattern policy of the scope in creation
-        # order; the port allows yielding patterns that cannot match (the engine matches).
+        # order; the port allows returning patterns that cannot match (the engine matches).
         exact = self.find_policy(user_id, tool_name)
-        if exact is not None:
-            yield exact
-        for policy in list(self._read("policies").values()):
-            if (
-                policy.user_id == user_id
-                and policy is not exact
-                and not WILDCARDS.isdisjoint(policy.tool_name)
-            ):
-                yield policy
+        found = [] if exact is None else [exact]
+        found.extend(
+            policy
+            for policy in self._read("policies").values()
+            if policy.user_id == user_id and policy is not exact and is_pattern(policy.tool_name)
+        )
+        return found
 
     def list_policies(
         self, user_id: str | None, *, limit: int, starting_after: str | None
@@ -265,6 +284,14 @@ class JsonFileTransaction(Transaction):
 
     def delete_policy(self, policy_id: str) -> None:
         del self._write("policies")[policy_id]
+
+    # idempotency keys
+    def get_idempotency_key(self, key: str) -> IdempotencyKey | None:
+        found: IdempotencyKey | None = self._read("keys").get(key)
+        return found
+
+    def insert_idempotency_key(self, key: IdempotencyKey) -> None:
+        self._write("keys")[key.key] = key
 
     # tasks
     def get_task(self, task_id: str) -> Task | None:

@@ -1,0 +1,124 @@
+"""The SQLite store's change feed across processes: one thread per store that notices
+commits of other connections (`PRAGMA data_version`) and tells the listeners which runs
+had events appended. Commits of this process's own connections are told at once by the
+store itself; this thread covers everything else."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+
+from hitl_core.adapter import ChangeListener
+
+__all__ = ["FIRST_INTERVAL", "MAX_INTERVAL", "Watcher"]
+
+log = logging.getLogger("hitl_sqlite.watch")
+
+FIRST_INTERVAL = 0.001
+"""Seconds between two looks at `data_version` just after a change was seen."""
+MAX_INTERVAL = 0.016
+"""The longest pause between two looks, reached after a quiet spell (doubling)."""
+BATCH = 1000
+
+_LAST = "SELECT seq, id FROM events ORDER BY seq DESC LIMIT 1"
+_AT = "SELECT id FROM events WHERE seq = ?"
+_SINCE = "SELECT seq, id, run_id FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+
+
+class Watcher:
+    """Polls one connection's `data_version` (a few microseconds a look) and reads the
+    events committed since it last looked. Listeners are called on this thread."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection] | None, path: str) -> None:
+        """`connect` opens the watching connection; None: there are no other connections
+        to watch (an in-memory database), only `tell` calls."""
+        self.path = path
+        self._connect = connect
+        self._listeners: dict[int, ChangeListener] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, listener: ChangeListener) -> Callable[[], None]:
+        """Start telling `listener`; returns the function that stops it."""
+        key = next(self._ids)
+        with self._lock:
+            self._listeners[key] = listener
+            if self._thread is None and self._connect is not None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"hitl-sqlite-watch {self.path}", daemon=True
+                )
+                self._thread.start()
+
+        def remove() -> None:
+            with self._lock:
+                self._listeners.pop(key, None)
+
+        return remove
+
+    def stop(self) -> None:
+        """End the thread (it closes its connection)."""
+        self._stopped.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
+
+    def tell(self, run_ids: frozenset[str] | None) -> None:
+        """Call every listener with `run_ids`."""
+        with self._lock:
+            listeners = list(self._listeners.values())
+        for listener in listeners:
+            try:
+                listener(run_ids)
+            except Exception:  # a listener's bug must not end the feed
+                log.exception("a change listener of %s failed", self.path)
+
+    def _run(self) -> None:
+        assert self._connect is not None
+        try:
+            db = self._connect()
+        except Exception:
+            log.exception("cannot watch %s for changes", self.path)
+            return
+        try:
+            self._loop(db)
+        except sqlite3.Error as error:  # the store was closed under us, or the file went
+            if not self._stopped.is_set():
+                log.warning("stopped watching %s: %s", self.path, error)
+        finally:
+            db.close()
+
+    def _loop(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        last = db.execute(_LAST).fetchone() or (0, None)
+        interval = MAX_INTERVAL
+        while not self._stopped.wait(interval):
+            now = db.execute("PRAGMA data_version").fetchone()[0]
+            if now == version:
+                interval = min(interval * 2, MAX_INTERVAL)
+                continue
+            version, interval = now, FIRST_INTERVAL
+            last = self._read(db, last)
+
+    def _read(self, db: sqlite3.Connection, last: tuple[int, str | None]) -> tuple[int, str | None]:
+        """Tell the listeners about the events after `last` (seq, id); return the new last."""
+        seq, event_id = last
+        if event_id is not None:
+            at = db.execute(_AT, (seq,)).fetchone()
+            if at is None or at[0] != event_id:
+                # pruning removed the newest events and SQLite may reuse their numbers:
+                # start again from the end and let every listener look for itself
+                self.tell(None)
+                return db.execute(_LAST).fetchone() or (0, None)
+        while True:
+            rows = db.execute(_SINCE, (seq, BATCH)).fetchall()
+            if not rows:
+                return seq, event_id
+            seq, event_id = rows[-1][0], rows[-1][1]
+            self.tell(frozenset(row[2] for row in rows))
+            if len(rows) < BATCH:
+                return seq, event_id
