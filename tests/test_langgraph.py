@@ -431,12 +431,12 @@ def test_a_state_graph_tool_node_gates_each_call(hitl: hitl_core.Hitl) -> None:
     hitl.runs.approve(run.id, request_id=second, decision="deny", reason="b left")
     out = graph.invoke(hl.resume_command(graph, config), config)
     assert tools.ran == ["read_inbox", "send_email:a"]
-    assert [m.content for m in out["messages"] if isinstance(m, ToolMessage)] == [
-        "sent to a",
-        "b left",
-        "3 unread",
-    ]
-    assert model.seen[-1][-1].content == "3 unread" and out["messages"][-1].content == "done"
+    replies = {"c1": "sent to a", "c2": "b left", "c3": "3 unread"}
+    assert {k: m.content for k, m in tool_messages(out).items()} == replies
+    # the model's next turn saw every reply, each once
+    sent = [m for m in model.seen[-1] if isinstance(m, ToolMessage)]
+    assert sorted(m.tool_call_id for m in sent) == ["c1", "c2", "c3"]
+    assert out["messages"][-1].content == "done"
 
 
 def test_a_state_graph_skips_the_pause_for_a_policy(hitl: hitl_core.Hitl) -> None:

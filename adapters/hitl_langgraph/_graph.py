@@ -80,14 +80,23 @@ def run_config(run_id: str, *, thread_id: str | None = None, **configurable: Any
 
 
 def waiting_on(graph: Pregel[Any, Any, Any, Any], config: RunnableConfig) -> list[str]:
-    """The hitl-core request ids the paused graph waits on (empty when it is not paused
-    by this bridge)."""
-    run_id_of(config)
-    return [
-        interrupt.value["request_id"]
-        for interrupt in graph.get_state(config, subgraphs=True).interrupts
+    """The hitl-core request ids the paused graph waits on, in the order the model made
+    the calls (empty when this bridge has not paused it)."""
+    snapshot = graph.get_state(config, subgraphs=True)
+    values = snapshot.values if isinstance(snapshot.values, dict) else {}
+    order = {
+        call["id"]: index
+        for index, call in enumerate(
+            c for m in values.get("messages", []) if isinstance(m, AIMessage) for c in m.tool_calls
+        )
+    }
+    ours = [
+        interrupt.value
+        for interrupt in snapshot.interrupts
         if isinstance(interrupt.value, dict) and interrupt.value.get("type") == INTERRUPT_TYPE
     ]
+    ours.sort(key=lambda value: order.get(value["tool_call_id"], len(order)))
+    return [value["request_id"] for value in ours]
 
 
 def resume_command(graph: Pregel[Any, Any, Any, Any], config: RunnableConfig) -> Command[Any]:
