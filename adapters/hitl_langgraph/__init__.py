@@ -2,18 +2,14 @@
 gate, a pending call pauses the graph with LangGraph's own `interrupt()`, and resuming
 reads the decision from hitl-core. Needs `pip install 'hitl-core[langgraph]'`."""
 
-from ._gate import INTERRUPT_TYPE, ask_tool, denial_message, plan_tool
+from ._gate import INTERRUPT_TYPE
 from ._graph import HitlToolNode, resume_command, run_config, waiting_on
-from ._middleware import HitlMiddleware, HitlState
+from ._middleware import HitlMiddleware
 
 __all__ = [
     "INTERRUPT_TYPE",
     "HitlMiddleware",
-    "HitlState",
     "HitlToolNode",
-    "ask_tool",
-    "denial_message",
-    "plan_tool",
     "resume_command",
     "run_config",
     "waiting_on",

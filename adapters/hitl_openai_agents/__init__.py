@@ -24,7 +24,7 @@ from agents import (
 
 from hitl_core import Hitl, PermissionRequest, ValidationError
 
-__all__ = ["REQUESTS_KEY", "RUN_ID_KEY", "HitlGate", "denial_message"]
+__all__ = ["REQUESTS_KEY", "RUN_ID_KEY", "HitlGate"]
 
 RUN_ID_KEY = "hitl_run_id"
 """The key (or attribute) of the run context that names the hitl-core run."""
@@ -37,7 +37,7 @@ through `RunState.to_string()`."""
 Entry = dict[str, Any]
 
 
-def denial_message(tool: str, source: str | None, reason: str | None) -> str:
+def _denial_message(tool: str, source: str | None, reason: str | None) -> str:
     """What the model reads instead of a tool's result when the call is denied: the
     person's reason as written, else a sentence that says why."""
     if reason:
@@ -108,7 +108,7 @@ class HitlGate:
             return ToolGuardrailFunctionOutput.allow()
         if entry["status"] == "denied":
             return ToolGuardrailFunctionOutput.reject_content(
-                denial_message(tool.tool_name, entry["source"], entry["reason"])
+                _denial_message(tool.tool_name, entry["source"], entry["reason"])
             )
         decided = self.hitl.agent(_run_id(tool.context)).result(entry["request_id"])
         if decided.status.value == "allowed":
@@ -119,7 +119,7 @@ class HitlGate:
                 f"{tool.tool_name} did not run: no person has approved it yet."
             )
         return ToolGuardrailFunctionOutput.reject_content(
-            denial_message(tool.tool_name, decided.source, decided.reason)
+            _denial_message(tool.tool_name, decided.source, decided.reason)
         )
 
     # -- when the run is paused ------------------------------------------------------------
@@ -168,7 +168,7 @@ class HitlGate:
 
 
 def _rejection(item: ToolApprovalItem, decided: PermissionRequest) -> str:
-    return denial_message(item.tool_name or decided.tool_name, decided.source, decided.reason)
+    return _denial_message(item.tool_name or decided.tool_name, decided.source, decided.reason)
 
 
 def _run_id(context: object) -> str:
