@@ -144,6 +144,7 @@ def test_a_resume_before_the_decision_pauses_again_whatever_it_says(hitl: hitl_c
     out = graph.invoke(Command(resume={paused.id: {"type": "approve"}}), config)
     assert tools.ran == [] and hl.waiting_on(graph, config) == [request_id]
     assert "__interrupt__" in out
+    assert len(hitl.runs.permissions(run.id)) == 1  # the re-run task opened nothing new
 
     hitl.runs.approve(run.id, request_id=request_id, decision="deny", reason="not today")
     out = graph.invoke(
@@ -451,21 +452,42 @@ def test_a_state_graph_skips_the_pause_for_a_policy(hitl: hitl_core.Hitl) -> Non
     assert hitl.runs.permissions(run.id) == []
 
 
-def test_a_call_that_skipped_the_gate_step_is_refused(hitl: hitl_core.Hitl) -> None:
+def test_a_tool_call_without_an_id_is_refused(hitl: hitl_core.Hitl) -> None:
     tools = Tools()
     run = approval_run(hitl)
-    # the middleware's tool wrapper on a tool node that no gate step runs before
+    # the middleware's wrapper on a plain tool node, fed a call with no id
     wrapper = hl.HitlMiddleware(hitl).wrap_tool_call
     builder = StateGraph(MessagesState)
     builder.add_node("tools", ToolNode(tools.all, wrap_tool_call=wrapper))
     builder.add_edge(START, "tools")
     graph = builder.compile(checkpointer=InMemorySaver())
+    anonymous = AIMessage(
+        content="", tool_calls=[{"name": "send_email", "id": None, "args": {"to": "x"}}]
+    )
     with pytest.raises(hitl_core.ValidationError) as refused:
-        graph.invoke(
-            {"messages": [calls(("c9", "send_email", {"to": "x"}))]}, hl.run_config(run.id)
-        )
-    assert refused.value.code == "invalid_request" and "c9" in str(refused.value)
+        graph.invoke({"messages": [anonymous]}, hl.run_config(run.id))
+    assert refused.value.code == "invalid_request" and "no id" in str(refused.value)
     assert tools.ran == [] and hitl.runs.permissions(run.id) == []
+
+
+def test_a_reused_call_id_with_other_arguments_is_a_new_request(hitl: hitl_core.Hitl) -> None:
+    tools = Tools()
+    run = approval_run(hitl)
+    script = [
+        calls(("c1", "send_email", {"to": "a"})),
+        calls(("c1", "send_email", {"to": "b"})),
+        DONE,
+    ]
+    graph, _ = make_agent(hitl, script, tools)
+    config = hl.run_config(run.id)
+    graph.invoke({"messages": [("user", "go")]}, config)
+    (first,) = hl.waiting_on(graph, config)
+    hitl.runs.approve(run.id, request_id=first)
+    graph.invoke(hl.resume_command(graph, config), config)
+    # the model said "c1" again, for another recipient: a person decides again
+    (second,) = hl.waiting_on(graph, config)
+    assert second != first and tools.ran == ["send_email:a"]
+    assert hitl.agent(run.id).result(second).tool_input == {"to": "b"}
 
 
 # -- SQLite files, other processes, host restarts ------------------------------------

@@ -1,23 +1,21 @@
-"""The tool gate shared by the create_agent middleware and the StateGraph tool node: open
-hitl-core requests for a model turn's tool calls, then let each call run, answer it with a
-denial, or pause the graph with `interrupt()` until hitl-core holds a decision."""
+"""The tool gate shared by the create_agent middleware and the StateGraph tool node: each
+tool call becomes a hitl-core request where the call would run, and runs, is answered
+with a denial, or pauses the graph with `interrupt()` until hitl-core holds a decision."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
-from langchain_core.messages import AIMessage, AnyMessage, ToolCall, ToolMessage
+from langchain_core.messages import ToolCall, ToolMessage
 from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel, Field
 
-from hitl_core import Agent, ConflictError, Hitl, PermissionRequest, ValidationError
-
-GATES_KEY = "hitl_gates"
-"""The state key where the gate keeps, per tool call id, what hitl-core said."""
+from hitl_core import Agent, ConflictError, Hitl, PermissionRequest, ToolGate, ValidationError
 
 RUN_ID_KEY = "hitl_run_id"
 """The key that names the hitl-core run: in `config["configurable"]` or the runtime context."""
@@ -25,7 +23,6 @@ RUN_ID_KEY = "hitl_run_id"
 INTERRUPT_TYPE = "hitl_request"
 """`interrupt()` values of this bridge have `type == INTERRUPT_TYPE`."""
 
-Gate = dict[str, Any]
 ToolResult = ToolMessage | Command[Any]
 
 
@@ -114,8 +111,8 @@ def denial_message(tool: str, source: str | None, reason: str | None) -> str:
 
 
 class ToolGateCore:
-    """Both halves of the gate, bound to one engine: `open_calls` for a model turn and
-    `decide` for each call before it runs."""
+    """The gate, bound to one engine: `decide` asks hitl-core about a tool call where the
+    call would run, and pauses the graph while a person decides."""
 
     def __init__(
         self,
@@ -135,98 +132,56 @@ class ToolGateCore:
         if plan_tool_name:
             self.tools.append(plan_tool(plan_tool_name))
 
-    # -- the first half: one node per model turn, before any tool runs -----------------
-    def open_calls(
-        self, messages: list[AnyMessage], gates: object, run_id: str
-    ) -> dict[str, Any] | None:
-        """The state update that records hitl-core's answer for every tool call of the
-        last AI message that has no result yet. A call already gated (a replayed node)
-        keeps its entry, so no request is opened twice."""
-        last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)
-        if last is None or not last.tool_calls:
-            return None
-        answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
-        known: dict[str, Gate] = dict(gates) if isinstance(gates, Mapping) else {}
-        agent = self.hitl.agent(run_id)
-        turn: dict[str, Gate] = {}
-        opened = False
-        for call in last.tool_calls:
-            call_id = call["id"]
-            if call_id is None or call_id in answered:
-                continue
-            if call_id in known:
-                turn[call_id] = known[call_id]
-            else:
-                turn[call_id] = self._open(agent, call)
-                opened = True
-        return {GATES_KEY: turn} if opened else None
+    def decide(self, request: ToolCallRequest) -> ToolCallRequest | ToolMessage:
+        """The request to run, or the message the model gets instead.
 
-    def _open(self, agent: Agent, call: ToolCall) -> Gate:
-        name, args = call["name"], dict(call["args"])
+        The call's hitl-core request is keyed by the tool call (its id and arguments), so
+        the task LangGraph re-runs on resume finds the request it opened instead of
+        opening another. While hitl-core has no decision the graph pauses with
+        `interrupt()`; on resume the decision is read again, so a resume value never
+        overrides hitl-core."""
+        call = request.tool_call
+        if not call.get("id"):
+            raise ValidationError(
+                "invalid_request",
+                f"tool call {call['name']} has no id: hitl-core keys its request by the id",
+            )
+        runtime = request.runtime
+        agent = self.hitl.agent(run_id_of(runtime.config, runtime.context))
+        opened = self._open(agent, call)
+        if isinstance(opened, ToolMessage):
+            return opened
+        if isinstance(opened, ToolGate):
+            if opened.status == "allowed":
+                return request
+            if opened.status == "denied":
+                return _message(call, denial_message(call["name"], opened.source, opened.reason))
+            assert opened.request_id is not None
+            decided = agent.result(opened.request_id)
+        else:
+            decided = opened
+        while decided.is_pending:
+            interrupt(_interrupt_value(agent.run_id, decided, call))
+            decided = agent.result(decided.request_id)
+        return self._outcome(request, decided)
+
+    def _open(self, agent: Agent, call: ToolCall) -> ToolGate | PermissionRequest | ToolMessage:
+        """What hitl-core says about the call now (its keyed request, if one is open)."""
+        name, args, key = call["name"], dict(call["args"]), call_key(call)
         # hitl-core checks what the model sent (422 with the reason when it is wrong)
         questions: Any = args.get("questions")
         plan: Any = args.get("plan")
-        if name == self.ask_name:
-            return self._open_request("question", name, lambda: agent.ask(questions))
-        if name == self.plan_name:
-            return self._open_request("plan", name, lambda: agent.propose_plan(plan))
-        gate = agent.request_tool(name, args, safe=name in self.safe_tools)
-        return {
-            "kind": "tool",
-            "status": gate.status,
-            "source": gate.source,
-            "request_id": gate.request_id,
-            "reason": gate.reason,
-        }
-
-    @staticmethod
-    def _open_request(kind: str, name: str, open_it: Callable[[], PermissionRequest]) -> Gate:
+        if name not in (self.ask_name, self.plan_name):
+            return agent.request_tool(name, args, safe=name in self.safe_tools, key=key)
         try:
-            request = open_it()
+            if name == self.ask_name:
+                return agent.ask(questions, key=key)
+            return agent.propose_plan(plan, key=key)
         except (ValidationError, ConflictError) as refused:
-            if isinstance(refused, ConflictError) and refused.code == "run_not_active":
+            if refused.code == "run_not_active":
                 raise
             # The model asked wrongly (bad questions, no plan mode): it reads why.
-            return {
-                "kind": kind,
-                "status": "denied",
-                "source": refused.code,
-                "request_id": None,
-                "reason": f"{name} refused: {refused}",
-            }
-        return {
-            "kind": kind,
-            "status": "pending",
-            "source": None,
-            "request_id": request.request_id,
-            "reason": None,
-        }
-
-    # -- the second half: per tool call, where the call would run -----------------------
-    def decide(self, request: ToolCallRequest) -> ToolCallRequest | ToolMessage:
-        """The request to run, or the message the model gets instead. Pauses the graph
-        (LangGraph's `interrupt()`) while hitl-core has no decision; on resume it reads
-        the decision again, so a resume value never overrides hitl-core."""
-        call = request.tool_call
-        gates = _state_get(request.state, GATES_KEY) or {}
-        gate = gates.get(call["id"] or "")
-        if gate is None:
-            raise ValidationError(
-                "invalid_request",
-                f"tool call {call['id']} ({call['name']}) was not gated by hitl-core: the "
-                "gate node (or HitlMiddleware's after_model) must see every tool call first",
-            )
-        if gate["status"] == "allowed":
-            return request
-        if gate["status"] == "denied":
-            return _message(call, denial_message(call["name"], gate["source"], gate["reason"]))
-        runtime = request.runtime
-        agent = self.hitl.agent(run_id_of(runtime.config, runtime.context))
-        decided = agent.result(gate["request_id"])
-        while decided.is_pending:
-            interrupt(_interrupt_value(agent.run_id, decided, call))
-            decided = agent.result(gate["request_id"])
-        return self._outcome(request, decided)
+            return _message(call, f"{name} refused: {refused}")
 
     def _outcome(
         self, request: ToolCallRequest, decided: PermissionRequest
@@ -266,10 +221,11 @@ class ToolGateCore:
         return decided if isinstance(decided, ToolMessage) else await handler(decided)
 
 
-def _state_get(state: Any, key: str) -> Any:
-    if isinstance(state, Mapping):
-        return state.get(key)
-    return getattr(state, key, None)
+def call_key(call: ToolCall) -> str:
+    """The hitl-core request key of a tool call: its id and a digest of its arguments, so
+    a model that reuses an id for another call never gets the earlier call's decision."""
+    arguments = json.dumps(call["args"], sort_keys=True, default=str)
+    return f"{call['id']}:{hashlib.sha256(arguments.encode()).hexdigest()[:16]}"
 
 
 def _message(call: ToolCall, content: str, *, error: bool = True) -> ToolMessage:

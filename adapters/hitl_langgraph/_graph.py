@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
-from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
+from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
-from langgraph.graph import END, START, StateGraph
-from langgraph.graph.message import add_messages
+from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode
 from langgraph.pregel import Pregel
@@ -18,12 +17,7 @@ from langgraph.types import Command, Send
 
 from hitl_core import Hitl
 
-from ._gate import GATES_KEY, INTERRUPT_TYPE, RUN_ID_KEY, Gate, ToolGateCore, run_id_of
-
-
-class _ToolsState(TypedDict, total=False):
-    messages: Annotated[list[AnyMessage], add_messages]
-    hitl_gates: dict[str, Gate]
+from ._gate import INTERRUPT_TYPE, RUN_ID_KEY, ToolGateCore
 
 
 class HitlToolNode:
@@ -31,10 +25,11 @@ class HitlToolNode:
     call through hitl-core's tool gate.
 
     `graph` is the node to add (`builder.add_node("tools", node.graph)`); `tools` is what
-    to bind to the model (yours, plus the ask-a-person and plan tools when named). Inside,
-    a gate step opens the hitl-core requests of the model turn, then each call runs in its
-    own task: allowed calls run at once, denied ones answer with the reason, pending ones
-    pause the graph with `interrupt()` until hitl-core has a decision."""
+    to bind to the model (yours, plus the ask-a-person and plan tools when named). Each
+    tool call of the model turn runs in its own task, as in `create_agent`: allowed calls
+    run at once, denied ones answer with the reason, pending ones pause the graph with
+    `interrupt()` until hitl-core has a decision, and a call that ran is not run again
+    when the graph resumes."""
 
     def __init__(
         self,
@@ -49,22 +44,16 @@ class HitlToolNode:
             hitl, safe_tools=safe_tools, ask_tool_name=ask_tool_name, plan_tool_name=plan_tool_name
         )
         self.tools: list[BaseTool] = [*tools, *gate.tools]
-        calls = ToolNode(self.tools, wrap_tool_call=gate.wrap, awrap_tool_call=gate.awrap)
-
-        def open_gates(state: _ToolsState, config: RunnableConfig) -> dict[str, Any]:
-            run_id = run_id_of(config)
-            return gate.open_calls(state["messages"], state.get(GATES_KEY), run_id) or {}
-
-        builder = StateGraph(_ToolsState)
-        builder.add_node("gate", open_gates)
-        builder.add_node("call", calls)
-        builder.add_edge(START, "gate")
-        builder.add_conditional_edges("gate", _each_call, ["call", END])
+        builder = StateGraph(MessagesState)
+        builder.add_node(
+            "call", ToolNode(self.tools, wrap_tool_call=gate.wrap, awrap_tool_call=gate.awrap)
+        )
+        builder.add_conditional_edges(START, _each_call, ["call", END])
         builder.add_edge("call", END)
         self.graph: CompiledStateGraph[Any, Any, Any, Any] = builder.compile(name="hitl_tools")
 
 
-def _each_call(state: _ToolsState) -> list[Send] | str:
+def _each_call(state: MessagesState) -> list[Send] | str:
     """One task per tool call without a result yet, so each pauses on its own."""
     messages = state.get("messages") or []
     last = next((m for m in reversed(messages) if isinstance(m, AIMessage)), None)

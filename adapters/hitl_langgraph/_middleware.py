@@ -3,35 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
-from typing import Annotated, Any, NotRequired
+from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ToolCallRequest
-from langchain.agents.middleware.types import PrivateStateAttr
-from langgraph.config import get_config
-from langgraph.runtime import Runtime
 
 from hitl_core import Hitl
 
-from ._gate import GATES_KEY, Gate, ToolGateCore, ToolResult, run_id_of
+from ._gate import ToolGateCore, ToolResult
 
 
-class HitlState(AgentState[Any]):
-    """The agent state plus the gate's record of the current turn's tool calls."""
-
-    hitl_gates: NotRequired[Annotated[dict[str, Gate], PrivateStateAttr]]
-
-
-class HitlMiddleware(AgentMiddleware[HitlState, Any, Any]):
+class HitlMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     """Send every tool call of a `create_agent` agent through hitl-core's tool gate.
 
-    After each model turn (`after_model`) every tool call becomes `agent.request_tool`
-    (an `ask_tool_name` call becomes `agent.ask`, a `plan_tool_name` call
-    `agent.propose_plan`). Allowed calls run, denied ones answer the model with the
-    person's reason, and pending ones pause the graph with `interrupt()` until hitl-core
-    has a decision. The run is `config["configurable"]["hitl_run_id"]` (or a
-    `hitl_run_id` in the runtime context); the agent needs a checkpointer."""
-
-    state_schema = HitlState
+    Each call becomes `agent.request_tool` (an `ask_tool_name` call `agent.ask`, a
+    `plan_tool_name` call `agent.propose_plan`) right where it would run. Allowed calls
+    run, denied ones answer the model with the person's reason, and pending ones pause
+    the graph with `interrupt()` until hitl-core has a decision. The run is
+    `config["configurable"]["hitl_run_id"]` (or a `hitl_run_id` in the runtime context);
+    the agent needs a checkpointer."""
 
     def __init__(
         self,
@@ -46,15 +35,6 @@ class HitlMiddleware(AgentMiddleware[HitlState, Any, Any]):
             hitl, safe_tools=safe_tools, ask_tool_name=ask_tool_name, plan_tool_name=plan_tool_name
         )
         self.tools = list(self._gate.tools)
-
-    def after_model(self, state: HitlState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Open the hitl-core requests for this turn's tool calls (never pauses)."""
-        run_id = run_id_of(get_config(), runtime.context)
-        return self._gate.open_calls(state["messages"], state.get(GATES_KEY), run_id)
-
-    async def aafter_model(self, state: HitlState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """The async twin of `after_model`."""
-        return self.after_model(state, runtime)
 
     def wrap_tool_call(
         self, request: ToolCallRequest, handler: Callable[[ToolCallRequest], ToolResult]
