@@ -7,6 +7,7 @@ RunState serialized by one process resumes in another after `hitl approve`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from agents import (
 )
 from agents.exceptions import UserError
 from agents.testing import ScriptedModel, assistant_message, function_call
-from hitl_openai_agents import REQUESTS_KEY, HitlGate
+from hitl_openai_agents import HitlGate
 
 import hitl_core
 
@@ -263,27 +264,38 @@ def test_a_run_suspended_by_the_timeout_resumes_later() -> None:
         assert result.final_output == "done" and tools.ran == ["send_email:a"]
 
 
-def test_the_gate_s_entries_travel_in_the_context(hitl: hitl_core.Hitl) -> None:
+def test_the_gate_leaves_the_context_alone(hitl: hitl_core.Hitl) -> None:
     gate, agent, _, _ = setup(hitl, [mail(("c1", "a")), [assistant_message("done")]])
     run = approval_run(hitl)
     context: dict[str, Any] = {"hitl_run_id": run.id, "tenant": "acme"}
     result = asyncio.run(Runner.run(agent, "go", context=context))
-    (request_id,) = gate.waiting_on(result.to_state())
-    assert context[REQUESTS_KEY]["c1"]["request_id"] == request_id
-    blob = json.loads(result.to_state().to_string())
-    assert blob["context"]["context"]["tenant"] == "acme"
+    assert context == {"hitl_run_id": run.id, "tenant": "acme"}
+    # asking again names the same request: the key is the call
+    state = result.to_state()
+    assert gate.waiting_on(state) == gate.waiting_on(state)
+    assert len(hitl.runs.permissions(run.id)) == 1
 
 
-def test_the_run_may_come_from_a_context_object(hitl: hitl_core.Hitl) -> None:
-    class Context:
-        def __init__(self, run_id: str) -> None:
-            self.hitl_run_id = run_id
+@dataclasses.dataclass
+class MailContext:
+    """A typed run context, as many hosts use."""
 
-    _, agent, _, _ = setup(hitl, [mail(("c1", "a")), [assistant_message("done")]])
+    hitl_run_id: str
+    tenant: str
+
+
+def test_a_dataclass_context_survives_a_saved_state(hitl: hitl_core.Hitl) -> None:
+    gate, agent, _, tools = setup(hitl, [mail(("c1", "a")), [assistant_message("done")]])
     run = approval_run(hitl)
-    context = Context(run.id)
-    result = asyncio.run(Runner.run(agent, "go", context=context))
-    assert result.interruptions and getattr(context, REQUESTS_KEY)["c1"]["status"] == "pending"
+    result = asyncio.run(Runner.run(agent, "go", context=MailContext(run.id, "acme")))
+    saved = result.to_state().to_string()
+    state = asyncio.run(
+        RunState.from_string(agent, saved, context_deserializer=lambda data: MailContext(**data))
+    )
+    (request_id,) = gate.waiting_on(state)
+    hitl.runs.approve(run.id, request_id=request_id)
+    assert asyncio.run(gate.resume(agent, state)).final_output == "done"
+    assert tools.ran == ["send_email:a"]
 
 
 def test_a_run_without_a_hitl_run_is_refused(hitl: hitl_core.Hitl) -> None:

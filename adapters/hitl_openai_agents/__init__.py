@@ -6,7 +6,9 @@ hitl-core's decisions to a paused `RunState` and resume it. Needs
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Mapping, MutableMapping
+import hashlib
+import json
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from agents import (
@@ -22,19 +24,12 @@ from agents import (
     ToolInputGuardrailData,
 )
 
-from hitl_core import Hitl, PermissionRequest, ValidationError
+from hitl_core import Hitl, PermissionRequest, ToolGate, ValidationError
 
-__all__ = ["REQUESTS_KEY", "RUN_ID_KEY", "HitlGate"]
+__all__ = ["RUN_ID_KEY", "HitlGate"]
 
 RUN_ID_KEY = "hitl_run_id"
 """The key (or attribute) of the run context that names the hitl-core run."""
-
-REQUESTS_KEY = "hitl_requests"
-"""The key (or attribute) of the run context where the gate keeps, per tool call id, the
-hitl-core request it waits on or the denial it already has. It travels with the context
-through `RunState.to_string()`."""
-
-Entry = dict[str, Any]
 
 
 def _denial_message(tool: str, source: str | None, reason: str | None) -> str:
@@ -47,15 +42,24 @@ def _denial_message(tool: str, source: str | None, reason: str | None) -> str:
     return f"A person denied this call to {tool}; it was not run."
 
 
+def call_key(call_id: str, arguments: Any) -> str:
+    """The hitl-core request key of a tool call: its id and a digest of its arguments, so
+    the same call always names the same request, and a reused id with other arguments
+    never gets the earlier call's decision."""
+    text = json.dumps(arguments, sort_keys=True, default=str)
+    return f"{call_id}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
 class HitlGate:
     """hitl-core's tool gate for the OpenAI Agents SDK, bound to one engine.
 
     Wrap each function tool with `gate.tool(...)`: every call becomes
-    `agent.request_tool(name, arguments)` in the run named by the run context's
-    `hitl_run_id` (a dict context, or an object with that attribute). Allowed calls run,
-    denied ones answer the model with the reason, pending ones interrupt the run
-    (`result.interruptions`). `apply_decisions` and `resume` carry hitl-core's decisions
-    into the paused `RunState`."""
+    `agent.request_tool(name, arguments, key=...)` in the run named by the run context's
+    `hitl_run_id` (a dict key, or an attribute), keyed by the call id and arguments so
+    that asking again names the same request. Allowed calls run, denied ones answer the
+    model with the reason, pending ones interrupt the run (`result.interruptions`).
+    `apply_decisions` and `resume` carry hitl-core's decisions into the paused
+    `RunState`."""
 
     def __init__(self, hitl: Hitl, *, safe_tools: Collection[str] = ()) -> None:
         self.hitl = hitl
@@ -63,90 +67,77 @@ class HitlGate:
         self.guardrail: ToolInputGuardrail[Any] = ToolInputGuardrail(
             guardrail_function=self._guard, name="hitl_core"
         )
+        self._gated: set[str] = set()
 
     def tool(self, function_tool: FunctionTool) -> FunctionTool:
         """A copy of `function_tool` whose calls go through hitl-core: its
         `needs_approval` asks the gate, and a tool input guardrail (added to its own)
-        denies with the reason whatever the SDK state was told."""
+        asks again just before the tool runs, so only hitl-core's allow runs it."""
         name = function_tool.name
-        safe = name in self.safe_tools
 
         async def needs_approval(
             ctx: RunContextWrapper[Any], params: dict[str, Any], call_id: str
         ) -> bool:
-            return self._needs_approval(ctx.context, name, params, call_id, safe)
+            # denied at once (remembered, plan not approved): no pause; the guardrail answers
+            return self._ask(ctx.context, name, params, call_id).status == "pending"
 
         gated = copy.copy(function_tool)
         gated.needs_approval = needs_approval
         gated.tool_input_guardrails = [*(function_tool.tool_input_guardrails or []), self.guardrail]
+        self._gated.add(name)
         return gated
 
-    # -- while the run goes ----------------------------------------------------------------
-    def _needs_approval(
-        self, context: object, name: str, params: dict[str, Any], call_id: str, safe: bool
-    ) -> bool:
-        entries = _entries(context, create=True)
-        if call_id in entries:  # asked again for the same call: the first answer stands
-            return bool(entries[call_id]["status"] == "pending")
-        gate = self.hitl.agent(_run_id(context)).request_tool(name, params, safe=safe)
-        if gate.status == "allowed":
-            return False
-        entries[call_id] = {
-            "status": gate.status,
-            "request_id": gate.request_id,
-            "source": gate.source,
-            "reason": gate.reason,
-        }
-        # denied at once (remembered, plan not approved): no pause; the guardrail answers
-        return gate.status == "pending"
+    def _ask(self, context: object, name: str, arguments: Any, call_id: str) -> ToolGate:
+        agent = self.hitl.agent(_run_id(context))
+        key = call_key(call_id, arguments)
+        return agent.request_tool(name, arguments, safe=name in self.safe_tools, key=key)
 
     def _guard(self, data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:
         tool = data.context
-        entries = _entries(tool.context, create=False)
-        entry = entries.pop(tool.tool_call_id, None)
-        if entry is None:  # allowed at once, or approved for good (remember)
+        gate = self._ask(
+            tool.context, tool.tool_name, _arguments(tool.tool_arguments), tool.tool_call_id
+        )
+        if gate.status == "allowed":
             return ToolGuardrailFunctionOutput.allow()
-        if entry["status"] == "denied":
-            return ToolGuardrailFunctionOutput.reject_content(
-                _denial_message(tool.tool_name, entry["source"], entry["reason"])
-            )
-        decided = self.hitl.agent(_run_id(tool.context)).result(entry["request_id"])
-        if decided.status.value == "allowed":
-            return ToolGuardrailFunctionOutput.allow()
-        if decided.is_pending:  # the SDK state was approved, hitl-core was not: no run
-            entries[tool.tool_call_id] = entry
+        if gate.status == "pending":  # the SDK state was approved, hitl-core was not
             return ToolGuardrailFunctionOutput.reject_content(
                 f"{tool.tool_name} did not run: no person has approved it yet."
             )
         return ToolGuardrailFunctionOutput.reject_content(
-            _denial_message(tool.tool_name, decided.source, decided.reason)
+            _denial_message(tool.tool_name, gate.source, gate.reason)
         )
 
     # -- when the run is paused ------------------------------------------------------------
+    def _decisions(
+        self, state: RunState[Any, Any]
+    ) -> list[tuple[ToolApprovalItem, PermissionRequest | None]]:
+        """Each interruption with the hitl-core request it waits on (None: not the gate's)."""
+        context = _state_context(state)
+        found: list[tuple[ToolApprovalItem, PermissionRequest | None]] = []
+        agent = None
+        for item in state.get_interruptions():
+            if item.tool_name not in self._gated or not item.call_id:
+                found.append((item, None))
+                continue
+            if agent is None:
+                agent = self.hitl.agent(_run_id(context))
+            gate = self._ask(context, item.tool_name, _arguments(item.arguments), item.call_id)
+            request = agent.result(gate.request_id) if gate.request_id else None
+            found.append((item, request))
+        return found
+
     def waiting_on(self, state: RunState[Any, Any]) -> list[str]:
         """The hitl-core request ids of the paused run's interruptions, in order."""
-        _, entries = _state_context(state)
-        return [
-            entries[item.call_id]["request_id"]
-            for item in state.get_interruptions()
-            if item.call_id in entries and entries[item.call_id]["request_id"]
-        ]
+        return [request.request_id for _, request in self._decisions(state) if request]
 
     def apply_decisions(self, state: RunState[Any, Any]) -> list[ToolApprovalItem]:
         """Apply hitl-core's decision to each interruption of `state`: an allow approves
         it (`always_approve` when the person said remember), a deny rejects it with the
         reason as the rejection message (`always_reject` when remembered). Returns the
-        interruptions that still wait for a person."""
-        context, entries = _state_context(state)
-        agent = self.hitl.agent(_run_id(context))
+        interruptions that still wait for a person (or are not the gate's)."""
         waiting: list[ToolApprovalItem] = []
-        for item in state.get_interruptions():
-            entry = entries.get(item.call_id or "")
-            if entry is None or not entry.get("request_id"):
-                waiting.append(item)  # not one of ours: the host decides it
-                continue
-            decided = agent.result(entry["request_id"])
-            if decided.is_pending:
+        for item, decided in self._decisions(state):
+            if decided is None or decided.is_pending:
                 waiting.append(item)
             elif decided.status.value == "allowed":
                 state.approve(item, always_approve=decided.remember)
@@ -154,7 +145,9 @@ class HitlGate:
                 state.reject(
                     item,
                     always_reject=decided.remember,
-                    rejection_message=_rejection(item, decided),
+                    rejection_message=_denial_message(
+                        item.tool_name or decided.tool_name, decided.source, decided.reason
+                    ),
                 )
         return waiting
 
@@ -167,12 +160,22 @@ class HitlGate:
         return await Runner.run(agent, state, **run_options)
 
 
-def _rejection(item: ToolApprovalItem, decided: PermissionRequest) -> str:
-    return _denial_message(item.tool_name or decided.tool_name, decided.source, decided.reason)
+def _arguments(text: str | None) -> Any:
+    """A call's arguments as the SDK hands them to `needs_approval` (a dict), from the
+    JSON text the model sent."""
+    try:
+        parsed = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def _run_id(context: object) -> str:
-    found = _field(context, RUN_ID_KEY)
+    found = (
+        context.get(RUN_ID_KEY)
+        if isinstance(context, Mapping)
+        else getattr(context, RUN_ID_KEY, None)
+    )
     if not isinstance(found, str):
         raise ValidationError(
             "invalid_config",
@@ -182,35 +185,7 @@ def _run_id(context: object) -> str:
     return found
 
 
-def _field(context: object, key: str) -> Any:
-    if isinstance(context, Mapping):
-        return context.get(key)
-    return getattr(context, key, None)
-
-
-def _entries(context: object, *, create: bool) -> dict[str, Entry]:
-    """The gate's entries in the run context, made on first use."""
-    found = _field(context, REQUESTS_KEY)
-    if isinstance(found, dict):
-        return found
-    entries: dict[str, Entry] = {}
-    if create:
-        if isinstance(context, MutableMapping):
-            context[REQUESTS_KEY] = entries
-        else:
-            try:
-                setattr(context, REQUESTS_KEY, entries)
-            except AttributeError as error:
-                raise ValidationError(
-                    "invalid_config",
-                    "the run context must be a dict or an object that can hold "
-                    f"{REQUESTS_KEY}: {error}",
-                ) from error
-    return entries
-
-
-def _state_context(state: RunState[Any, Any]) -> tuple[Mapping[str, Any], dict[str, Entry]]:
-    """The run context as `RunState.to_json()` serializes it, and the gate's entries."""
-    context = state.to_json()["context"]["context"] or {}
-    entries = context.get(REQUESTS_KEY)
-    return context, entries if isinstance(entries, dict) else {}
+def _state_context(state: RunState[Any, Any]) -> Mapping[str, Any]:
+    """The run context of a paused state, as `RunState.to_json()` serializes it."""
+    context = state.to_json()["context"]["context"]
+    return context if isinstance(context, Mapping) else {}
