@@ -298,6 +298,30 @@ def test_a_dataclass_context_survives_a_saved_state(hitl: hitl_core.Hitl) -> Non
     assert tools.ran == ["send_email:a"]
 
 
+def test_an_interruption_of_an_ungated_tool_is_left_to_the_host(hitl: hitl_core.Hitl) -> None:
+    @function_tool(needs_approval=True)
+    def wipe_disk() -> str:
+        """Its own approval, not hitl-core's."""
+        return "wiped"
+
+    tools = Tools()
+    gate = HitlGate(hitl)
+    script = [
+        [function_call("wipe_disk", {}, call_id="w1"), *mail(("c1", "a"))],
+        [assistant_message("done")],
+    ]
+    agent = Agent(
+        name="mixed", model=ScriptedModel(script), tools=[wipe_disk, gate.tool(tools.all[0])]
+    )
+    run = approval_run(hitl)
+    state = start(agent, run).to_state()
+    (request_id,) = gate.waiting_on(state)  # only the gated call has a request
+    hitl.runs.approve(run.id, request_id=request_id)
+    waiting = gate.apply_decisions(state)
+    assert [item.call_id for item in waiting] == ["w1"]
+    assert [r.tool_name for r in hitl.runs.permissions(run.id)] == ["send_email"]
+
+
 def test_a_run_without_a_hitl_run_is_refused(hitl: hitl_core.Hitl) -> None:
     _, agent, _, tools = setup(hitl, [mail(("c1", "a")), [assistant_message("done")]])
     with pytest.raises(UserError) as refused:  # the SDK wraps what a tool check raises

@@ -67,7 +67,6 @@ class HitlGate:
         self.guardrail: ToolInputGuardrail[Any] = ToolInputGuardrail(
             guardrail_function=self._guard, name="hitl_core"
         )
-        self._gated: set[str] = set()
 
     def tool(self, function_tool: FunctionTool) -> FunctionTool:
         """A copy of `function_tool` whose calls go through hitl-core: its
@@ -81,10 +80,10 @@ class HitlGate:
             # denied at once (remembered, plan not approved): no pause; the guardrail answers
             return self._ask(ctx.context, name, params, call_id).status == "pending"
 
+        setattr(needs_approval, _MARK, True)
         gated = copy.copy(function_tool)
         gated.needs_approval = needs_approval
         gated.tool_input_guardrails = [*(function_tool.tool_input_guardrails or []), self.guardrail]
-        self._gated.add(name)
         return gated
 
     def _ask(self, context: object, name: str, arguments: Any, call_id: str) -> ToolGate:
@@ -116,7 +115,7 @@ class HitlGate:
         found: list[tuple[ToolApprovalItem, PermissionRequest | None]] = []
         agent = None
         for item in state.get_interruptions():
-            if item.tool_name not in self._gated or not item.call_id:
+            if not item.call_id or not item.tool_name or not _gated(item):
                 found.append((item, None))
                 continue
             if agent is None:
@@ -158,6 +157,20 @@ class HitlGate:
         **run_options)`). Calls that still wait stay interruptions of the result."""
         self.apply_decisions(state)
         return await Runner.run(agent, state, **run_options)
+
+
+_MARK = "_hitl_core_gate"
+"""Set on the `needs_approval` functions of gated tools, so a gate (this process's or a
+restarted host's) knows which interruptions are hitl-core's."""
+
+
+def _gated(item: ToolApprovalItem) -> bool:
+    """True when the interruption is a call of a tool that `HitlGate.tool` wrapped."""
+    tools = getattr(item.agent, "tools", None) or []
+    for tool in tools:
+        if isinstance(tool, FunctionTool) and tool.name == item.tool_name:
+            return bool(getattr(tool.needs_approval, _MARK, False))
+    return False
 
 
 def _arguments(text: str | None) -> Any:
