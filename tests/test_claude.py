@@ -300,6 +300,24 @@ def test_the_callback_speaks_the_sdk_s_types(hitl: hitl_core.Hitl) -> None:
     assert isinstance(ended, PermissionResultDeny) and ended.interrupt
 
 
+def test_the_same_tool_use_asked_twice_is_one_request(hitl: hitl_core.Hitl) -> None:
+    run = approval_run(hitl)
+    callback = can_use_tool(hitl, run.id, poll=0.01)
+    context = ToolPermissionContext(tool_use_id="toolu_7")
+
+    async def scenario() -> list[Any]:
+        asking = [
+            asyncio.create_task(callback("Bash", {"command": "x"}, context)) for _ in range(2)
+        ]
+        [request] = await pending(hitl)
+        hitl.runs.approve(run.id, request_id=request.request_id)
+        return list(await asyncio.gather(*asking))
+
+    answers = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+    assert all(isinstance(a, PermissionResultAllow) for a in answers)
+    assert len(hitl.runs.permissions(run.id)) == 1
+
+
 @pytest.mark.parametrize("decision", ["allow", "deny"])
 def test_hitl_approve_in_another_process_answers_the_waiting_callback(
     tmp_path: Path, decision: str

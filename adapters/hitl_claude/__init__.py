@@ -5,6 +5,8 @@ Needs `pip install 'hitl-core[claude]'`."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -52,12 +54,13 @@ def can_use_tool(
         tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
     ) -> PermissionResult:
         agent = await agent_for(hitl, run_id, poll)
+        key = _key(context.tool_use_id, tool_input)
         try:
             if tool_name == ASK_TOOL:
-                return await _ask(agent, tool_input)
+                return await _ask(agent, tool_input, key)
             if tool_name == PLAN_TOOL:
-                return await _plan(agent, tool_input)
-            return await _tool(agent, tool_name, tool_input, tool_name in safe)
+                return await _plan(agent, tool_input, key)
+            return await _tool(agent, tool_name, tool_input, tool_name in safe, key)
         except ConflictError as refused:
             if refused.code != "run_not_active":
                 raise
@@ -69,10 +72,19 @@ def can_use_tool(
 _ENDED = "The run has ended: stop here."
 
 
+def _key(tool_use_id: str | None, tool_input: dict[str, Any]) -> str | None:
+    """The hitl-core request key of a tool use: its id and a digest of its input, so the
+    CLI asking again about the same tool use names the same request."""
+    if not tool_use_id:
+        return None
+    text = json.dumps(tool_input, sort_keys=True, default=str)
+    return f"{tool_use_id}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
 async def _tool(
-    agent: AsyncAgent, name: str, tool_input: dict[str, Any], safe: bool
+    agent: AsyncAgent, name: str, tool_input: dict[str, Any], safe: bool, key: str | None
 ) -> PermissionResult:
-    gate = await agent.request_tool(name, tool_input, safe=safe)
+    gate = await agent.request_tool(name, tool_input, safe=safe, key=key)
     if gate.status == "allowed":
         return PermissionResultAllow()
     if gate.status == "denied":
@@ -86,9 +98,9 @@ async def _tool(
     return PermissionResultDeny(message=_denial(name, decided.reason))
 
 
-async def _ask(agent: AsyncAgent, tool_input: dict[str, Any]) -> PermissionResult:
+async def _ask(agent: AsyncAgent, tool_input: dict[str, Any], key: str | None) -> PermissionResult:
     try:
-        asked = await agent.ask(tool_input.get("questions"))
+        asked = await agent.ask(tool_input.get("questions"), key=key)
     except (ValidationError, ConflictError) as refused:
         if refused.code == "run_not_active":
             raise
@@ -103,9 +115,9 @@ async def _ask(agent: AsyncAgent, tool_input: dict[str, Any]) -> PermissionResul
     return PermissionResultAllow(updated_input={**tool_input, "answers": answers})
 
 
-async def _plan(agent: AsyncAgent, tool_input: dict[str, Any]) -> PermissionResult:
+async def _plan(agent: AsyncAgent, tool_input: dict[str, Any], key: str | None) -> PermissionResult:
     try:
-        proposed = await agent.propose_plan(tool_input.get("plan"))
+        proposed = await agent.propose_plan(tool_input.get("plan"), key=key)
     except ConflictError as refused:
         if refused.code == "not_plan_mode":
             return PermissionResultAllow()  # the hitl-core run has no plan to approve
