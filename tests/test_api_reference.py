@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 import attrs
+import hitl_claude
 import hitl_cli
 import hitl_langgraph
 import hitl_memory
@@ -49,6 +50,7 @@ MODULES: dict[str, ModuleType] = {
     "hitl_sqlite": hitl_sqlite,
     "hitl_langgraph": hitl_langgraph,
     "hitl_openai_agents": hitl_openai_agents,
+    "hitl_claude": hitl_claude,
 }
 # Public but not in an __all__: documented all the same.
 EXTRA = {"webhooks.DEFAULT_EVENTS", "strategies.question"}
