@@ -167,9 +167,9 @@ def test_parallel_calls_wait_side_by_side_and_are_decided_apart(hitl: hitl_core.
     run = approval_run(hitl)
 
     async def person() -> None:
-        first, second = await pending(hitl, 2)  # both wait at once
-        hitl.runs.approve(run.id, request_id=second.request_id, decision="deny", reason="not b")
-        hitl.runs.approve(run.id, request_id=first.request_id)
+        both = {r.tool_input["command"]: r for r in await pending(hitl, 2)}  # both wait at once
+        hitl.runs.approve(run.id, request_id=both["b"].request_id, decision="deny", reason="not b")
+        hitl.runs.approve(run.id, request_id=both["a"].request_id)
 
     turns = [[("Bash", {"command": "a"}), ("Bash", {"command": "b"})], "done"]
     cli, _ = play(can_use_tool(hitl, run.id, poll=0.01), turns, person)

@@ -184,7 +184,10 @@ def test_parallel_calls_are_separate_requests_and_each_goes_its_own_way(
     graph.invoke({"messages": [("user", "go")]}, config)
     first, second = hl.waiting_on(graph, config)
     assert tools.ran == ["read_inbox"]  # safe: never gated, ran at once
-    assert [r.tool_input for r in hitl.runs.permissions(run.id)] == [{"to": "a"}, {"to": "b"}]
+    # one request per call; waiting_on lists them in the order the model made the calls
+    agent = hitl.agent(run.id)
+    assert [agent.result(r).tool_input for r in (first, second)] == [{"to": "a"}, {"to": "b"}]
+    assert len(hitl.runs.permissions(run.id)) == 2
 
     hitl.runs.approve(run.id, request_id=first)
     graph.invoke(hl.resume_command(graph, config), config)

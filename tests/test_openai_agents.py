@@ -181,7 +181,9 @@ def test_parallel_calls_are_separate_requests(hitl: hitl_core.Hitl) -> None:
     assert tools.ran == ["read_inbox"]  # safe: ran before the pause
     state = result.to_state()
     first, second = gate.waiting_on(state)
-    assert [r.tool_input for r in hitl.runs.permissions(run.id)] == [{"to": "a"}, {"to": "b"}]
+    agent_side = hitl.agent(run.id)
+    assert [agent_side.result(r).tool_input for r in (first, second)] == [{"to": "a"}, {"to": "b"}]
+    assert len(hitl.runs.permissions(run.id)) == 2
 
     hitl.runs.approve(run.id, request_id=first)
     result = asyncio.run(gate.resume(agent, state))

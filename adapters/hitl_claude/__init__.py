@@ -73,12 +73,12 @@ _ENDED = "The run has ended: stop here."
 
 
 def _key(tool_use_id: str | None, tool_input: dict[str, Any]) -> str | None:
-    """The hitl-core request key of a tool use: its id and a digest of its input, so the
+    """The hitl-core request key of a tool use: a digest of its id and its input, so the
     CLI asking again about the same tool use names the same request."""
     if not tool_use_id:
         return None
     text = json.dumps(tool_input, sort_keys=True, default=str)
-    return f"{tool_use_id}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return hashlib.sha256(f"{tool_use_id}\0{text}".encode()).hexdigest()
 
 
 async def _tool(

@@ -222,10 +222,10 @@ class ToolGateCore:
 
 
 def call_key(call: ToolCall) -> str:
-    """The hitl-core request key of a tool call: its id and a digest of its arguments, so
+    """The hitl-core request key of a tool call: a digest of its id and its arguments, so
     a model that reuses an id for another call never gets the earlier call's decision."""
     arguments = json.dumps(call["args"], sort_keys=True, default=str)
-    return f"{call['id']}:{hashlib.sha256(arguments.encode()).hexdigest()[:16]}"
+    return hashlib.sha256(f"{call['id']}\0{arguments}".encode()).hexdigest()
 
 
 def _message(call: ToolCall, content: str, *, error: bool = True) -> ToolMessage:

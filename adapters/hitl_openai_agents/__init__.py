@@ -42,12 +42,12 @@ def _denial_message(tool: str, source: str | None, reason: str | None) -> str:
     return f"A person denied this call to {tool}; it was not run."
 
 
-def call_key(call_id: str, arguments: Any) -> str:
-    """The hitl-core request key of a tool call: its id and a digest of its arguments, so
+def _call_key(call_id: str, arguments: Any) -> str:
+    """The hitl-core request key of a tool call: a digest of its id and its arguments, so
     the same call always names the same request, and a reused id with other arguments
     never gets the earlier call's decision."""
     text = json.dumps(arguments, sort_keys=True, default=str)
-    return f"{call_id}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return hashlib.sha256(f"{call_id}\0{text}".encode()).hexdigest()
 
 
 class HitlGate:
@@ -88,7 +88,7 @@ class HitlGate:
 
     def _ask(self, context: object, name: str, arguments: Any, call_id: str) -> ToolGate:
         agent = self.hitl.agent(_run_id(context))
-        key = call_key(call_id, arguments)
+        key = _call_key(call_id, arguments)
         return agent.request_tool(name, arguments, safe=name in self.safe_tools, key=key)
 
     def _guard(self, data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:

@@ -60,7 +60,8 @@ async def main() -> None:
 
     # 2. A person decides (or: `hitl --db hitl.db approve RUN REQ [--deny --reason ...]`).
     with hitl_core.connect(store) as front_end:
-        small, large = front_end.runs.pending()
+        by_order = {r.tool_input["order"]: r for r in front_end.runs.pending()}
+        small, large = by_order["A-1"], by_order["A-2"]
         front_end.runs.approve(run.id, request_id=small.request_id, actor="alice")
         front_end.runs.approve(
             run.id,
