@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 from claude_agent_sdk import (
+    CanUseTool,
     PermissionResult,
     PermissionResultAllow,
     PermissionResultDeny,
     ToolPermissionContext,
 )
 
-from hitl_core import ConflictError, Hitl, PermissionRequest, ValidationError
+from hitl_core import ConflictError, Hitl, ValidationError
 
 from ._engine import AsyncAgent, agent_for
 
@@ -29,8 +30,6 @@ ASK_TOOL = "AskUserQuestion"
 PLAN_TOOL = "ExitPlanMode"
 """Claude's leave-plan-mode tool: its plan becomes a hitl-core plan request."""
 
-Callback = Callable[[str, dict[str, Any], ToolPermissionContext], Any]
-
 
 def can_use_tool(
     hitl: Hitl | Any,
@@ -38,16 +37,17 @@ def can_use_tool(
     *,
     safe_tools: Collection[str] = (),
     poll: float = 0.25,
-) -> Callback:
+) -> CanUseTool:
     """The `can_use_tool` callback for `ClaudeAgentOptions`, for hitl-core run `run_id`.
 
     `hitl` is an engine: `hitl_core.connect(...)` (its calls then run in a worker thread)
     or `hitl_core.aio.connect(...)`. Each tool call Claude asks about becomes
     `agent.request_tool(name, input)`: allowed gives `PermissionResultAllow`, denied
-    `PermissionResultDeny` with the person's reason as its message; a pending call is
-    awaited in place (`poll` seconds between looks when the engine has no async wait),
-    also after the run is suspended, since Claude's session cannot be saved and resumed
-    elsewhere. A run that ends while Claude waits denies with `interrupt=True`."""
+    `PermissionResultDeny` with the person's reason as its message. A pending call is
+    awaited in place with `Agent.wait` (in a worker thread, or the asyncio engine's), and
+    still after the run is suspended (looking again every `poll` seconds), since a Claude
+    session cannot be saved and resumed elsewhere. A run that ends while Claude waits
+    denies with `interrupt=True`."""
     safe = frozenset(safe_tools)
 
     async def callback(
@@ -90,7 +90,7 @@ async def _tool(
     if gate.status == "denied":
         return PermissionResultDeny(message=_denial(name, gate.reason))
     assert gate.request_id is not None
-    decided = await _decision(agent, gate.request_id)
+    decided = await agent.decision(gate.request_id)
     if decided.status.value == "allowed":
         return PermissionResultAllow()
     if decided.status.value == "cancelled":
@@ -105,7 +105,7 @@ async def _ask(agent: AsyncAgent, tool_input: dict[str, Any], key: str | None) -
         if refused.code == "run_not_active":
             raise
         return PermissionResultDeny(message=f"{ASK_TOOL} refused: {refused}")
-    decided = await _decision(agent, asked.request_id)
+    decided = await agent.decision(asked.request_id)
     if decided.status.value == "cancelled":
         return PermissionResultDeny(message=_ENDED, interrupt=True)
     answers = {
@@ -124,17 +124,12 @@ async def _plan(agent: AsyncAgent, tool_input: dict[str, Any], key: str | None) 
         raise
     except ValidationError as refused:
         return PermissionResultDeny(message=f"{PLAN_TOOL} refused: {refused}")
-    decided = await _decision(agent, proposed.request_id)
+    decided = await agent.decision(proposed.request_id)
     if decided.status.value == "cancelled":
         return PermissionResultDeny(message=_ENDED, interrupt=True)
     if decided.decision == "approve":
         return PermissionResultAllow()
     return PermissionResultDeny(message=f"Revise the plan: {decided.reason}")
-
-
-async def _decision(agent: AsyncAgent, request_id: str) -> PermissionRequest:
-    """The request once resolved (answered, allowed, denied or cancelled)."""
-    return await agent.decision(request_id)
 
 
 def _denial(tool: str, reason: str | None) -> str:
