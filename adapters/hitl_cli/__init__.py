@@ -463,9 +463,10 @@ def cmd_inbox(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    store, _ = open_store(args.db)
     try:
         hitl_inbox.serve(
-            store_url(args.db),
+            store,
             host=args.host,
             port=args.port,
             password=password,
@@ -600,7 +601,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inbox.add_argument("--host", default="127.0.0.1")
     inbox.add_argument("--port", type=int, default=8001, help="0 picks a free port")
-    inbox.add_argument("--db", default=argparse.SUPPRESS, help="as hitl --db")
     inbox.add_argument("--poll-interval", type=float, default=0.2, help=argparse.SUPPRESS)
     return parser
 

@@ -24,7 +24,7 @@ PASSWORD_ENV = "HITL_INBOX_PASSWORD"
 
 
 def serve(
-    store_url: str,
+    store_url: str | hitl_core.Store,
     *,
     host: str = "127.0.0.1",
     port: int = 8001,
@@ -67,10 +67,12 @@ def serve(
         _run_until_signalled(server, sock, app.state.inbox.feed.close)
 
 
-def open_engine(store_url: str) -> tuple[hitl_core.Hitl, Changes | None]:
-    """An engine on `store_url` and its store's change feed (its `subscribe`), found
-    through the `hitl_core.stores` entry points as `connect` finds stores. A URL no entry
-    point names is left to `connect`, which refuses it with its usual error."""
+def open_engine(store_url: str | hitl_core.Store) -> tuple[hitl_core.Hitl, Changes | None]:
+    """An engine on `store_url` (a URL or an open store) and its store's change feed (its
+    `subscribe`), found through the `hitl_core.stores` entry points as `connect` finds
+    stores. A URL no entry point names is left to `connect`, which refuses it."""
+    if isinstance(store_url, hitl_core.Store):
+        return hitl_core.connect(store_url), store_url.subscribe
     scheme = store_url.split("://", 1)[0] if "://" in store_url else None
     for entry in entry_points(group="hitl_core.stores"):
         if entry.name == scheme:
