@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _logic
 from . import _validate as check
+from ._agent import wait_timeout
 from ._engine import settings
 from ._errors import NotFoundError, ValidationError
 from ._logic import Context
@@ -15,6 +16,7 @@ from ._person import start
 from ._records import Event, Page, PermissionPolicy, Run, Task
 from ._store import Transaction
 from ._validate import shown
+from ._wait import ANY_RUN
 
 if TYPE_CHECKING:
     from ._engine import Hitl
@@ -186,3 +188,33 @@ class Events:
             return events
 
         return self._engine._read(work, listing=True)
+
+    def wait(
+        self,
+        *,
+        after: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+        timeout: float | None = None,
+    ) -> builtins.list[Event]:
+        """`list`, but when nothing was recorded after `after` yet, wait until something
+        is (from any thread or process: the store's change feed wakes the wait) or
+        `timeout` seconds of the engine's clock pass ([]). The follower's loop:
+        `after = events[-1].id` after each batch; start from `last_id()` to see only what
+        happens from now on."""
+        cursor = check.cursor(after)
+        count = check.limit(limit, MAX_EVENTS)
+        if run_id is not None:
+            check.identifier(run_id, "run_id")
+        limit_s = wait_timeout(timeout)
+
+        def look() -> tuple[builtins.list[Event], bool, float | None]:
+            found = self.list(after=cursor, run_id=run_id, limit=count)
+            return found, bool(found), None
+
+        return self._engine._waiters.wait(run_id or ANY_RUN, limit_s, look)
+
+    def last_id(self) -> str | None:
+        """The id of the newest event (None: none yet): `wait(after=...)` from it sees
+        only what happens from now on."""
+        return self._engine._read(lambda tx, ctx: tx.last_event_id())

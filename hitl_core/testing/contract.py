@@ -1625,6 +1625,25 @@ class HitlContract:
         assert waited.status == "pending" and hitl.runs.get(run.id).suspended is True
         assert within(30, lambda: agent.wait(gate.request_id)).status == "pending"  # at once
 
+    def test_events_wait_follows_the_log(
+        self, store_factory: Callable[[], Store], clock: ManualClock
+    ) -> None:
+        follower = hitl_core.connect(store_factory(), clock=clock)
+        writer = hitl_core.connect(store_factory(), clock=clock)
+        assert follower.events.last_id() is None
+        first = writer.runs.create()
+        start = follower.events.last_id()
+        assert start is not None and follower.events.wait(after=None)[0].run_id == first.id
+        threading.Timer(0.2, writer.runs.create).start()
+        found = within(30, lambda: follower.events.wait(after=start))
+        assert [e.type for e in found] == ["run.started"] and found[0].run_id != first.id
+        other = writer.runs.create()
+        mine = within(30, lambda: follower.events.wait(after=found[-1].id, run_id=other.id))
+        assert [e.run_id for e in mine] == [other.id]
+        threading.Timer(0.2, lambda: clock.advance(5)).start()
+        quiet = within(30, lambda: follower.events.wait(after=mine[-1].id, timeout=3))
+        assert quiet == []
+
     def test_wait_ends_when_the_run_ends(self, hitl: hitl_core.Hitl) -> None:
         run = self.approval_run(hitl)
         gate = hitl.agent(run.id).request_tool("deploy")
