@@ -45,24 +45,20 @@ def measure(setup: Cycle, n: int, repeats: int) -> float:
 
 
 def hitl_cycle(url_factory: Callable[[], str]) -> Cycle:
-    """request_tool opens a request, a person approves it, the agent reads the decision;
-    every cycle on its own run (runs and agent handles are made before timing)."""
+    """The host starts a run and takes its agent handle, request_tool opens a request, a
+    person approves it, the agent reads the decision. The run's creation is inside the
+    timed cycle, as LangGraph's new thread is in its cycle."""
 
     def setup(n: int) -> Callable[[], None]:
         hitl = hitl_core.connect(url_factory())
-        agents = [
-            (run.id, hitl.agent(run.id))
-            for run in (
-                hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
-                for _ in range(n)
-            )
-        ]
 
         def body() -> None:
-            approve = hitl.runs.approve
-            for run_id, agent in agents:
+            create, approve, agent_of = hitl.runs.create, hitl.runs.approve, hitl.agent
+            for _ in range(n):
+                run = create(human_in_the_loop=True, permission_mode="approval")
+                agent = agent_of(run.id)
                 gate = agent.request_tool("gmail.send", {"to": "a@b.c"})
-                approve(run_id, request_id=gate.request_id)  # type: ignore[arg-type]
+                approve(run.id, request_id=gate.request_id)  # type: ignore[arg-type]
                 assert agent.result(gate.request_id).status == "allowed"  # type: ignore[arg-type]
             hitl.close()
 
