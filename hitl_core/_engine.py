@@ -7,6 +7,7 @@ human side), `_agent` (the agent side) and `_catalog` (policies, tasks, events).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -18,7 +19,7 @@ from ._clock import Clock, SystemClock
 from ._errors import ConflictError, HitlError, NotFoundError, ValidationError
 from ._logic import Context, Step
 from ._outbox import Webhooks
-from ._records import Event, Lease, Run
+from ._records import Event, Lease, Run, json_copy
 from ._store import Store, Transaction
 from ._validate import shown
 from ._wait import Waiters
@@ -42,9 +43,32 @@ TICK_BATCH = 100
 """How many overdue runs one transaction of `tick()` suspends."""
 
 
+class _Tokens:
+    """Random 96-bit tokens (24 hex digits) from the operating system's CSPRNG, drawn a
+    few hundred at a time: one `os.urandom` call serves many ids. A forked child
+    starts with an empty pool, so it never hands out a token its parent also holds."""
+
+    BATCH = 256
+
+    def __init__(self) -> None:
+        self._pool: list[str] = []
+        os.register_at_fork(after_in_child=self._pool.clear)
+
+    def take(self) -> str:
+        try:
+            return self._pool.pop()  # atomic: threads never get the same token
+        except IndexError:
+            text = secrets.token_hex(12 * self.BATCH)
+            self._pool.extend(text[i : i + 24] for i in range(24, len(text), 24))
+            return text[:24]
+
+
+_TOKENS = _Tokens()
+
+
 def random_id(prefix: str) -> str:
     """A fresh unguessable id such as `run_3f9c...` (96 random bits)."""
-    return f"{prefix}_{secrets.token_hex(12)}"
+    return f"{prefix}_{_TOKENS.take()}"
 
 
 def open_store(url: str) -> Store:
@@ -102,9 +126,11 @@ class Hitl:
     def __init__(
         self, store: Store, clock: Clock, remember_scope: str, ids: Callable[[str], str]
     ) -> None:
+        from ._agent import Agent
         from ._catalog import Events, Permissions, Tasks
         from ._person import Runs
 
+        self._agent_type = Agent
         self._store = store
         self._clock = clock
         self._ids = ids
@@ -122,14 +148,12 @@ class Hitl:
     def agent(self, run_id: str, *, lease: Lease | None = None) -> Agent:
         """The agent side of run `run_id` (404 run_not_found if there is none). With a
         `lease` (from `runs.claim`), every change it makes is fenced by that lease."""
-        from ._agent import Agent
-
         if lease is not None and not isinstance(lease, Lease):
             raise ValidationError("invalid_request", f"lease must be a Lease; got {shown(lease)}")
         run = self.runs.get(run_id)
         if lease is not None and lease.run_id != run.id:
             raise ValidationError("invalid_request", f"the lease is for run {lease.run_id}")
-        return Agent(self, run.id, lease)
+        return self._agent_type(self, run.id, lease)
 
     def tick(self) -> list[Event]:
         """Apply every deadline that has passed (SPEC 6), a batch per transaction; return
@@ -161,19 +185,17 @@ class Hitl:
         return f"<Hitl store={type(self._store).__name__} clock={self._clock!r}>"
 
     # -- transactions ------------------------------------------------------------------
-    def _context(self, writable: bool) -> Context:
-        return Context(self._clock.now(), self._ids, writable)
-
     def _write(self, work: Callable[[Transaction, Context], T], *, others: bool = True) -> T:
         """Run `work` in one write transaction; the clock is read inside it, after the
         store let this writer in. First a small batch of other overdue runs is
         suspended. Run again (up to RETRIES times) when a concurrent writer won a race."""
         if self._closed:
             raise ConflictError("closed", "this hitl-core engine is closed")
+        store, clock, ids = self._store, self._clock, self._ids
         for attempt in range(RETRIES):
             try:
-                with self._store.transaction(write=True) as tx:
-                    ctx = self._context(True)
+                with store.transaction(write=True) as tx:
+                    ctx = Context(clock.now(), ids, True)
                     if others:
                         self._suspend_due(tx, ctx, DUE_BATCH)
                     result = work(tx, ctx)
@@ -191,7 +213,7 @@ class Hitl:
             raise ConflictError("closed", "this hitl-core engine is closed")
         try:
             with self._store.transaction(write=False) as tx:
-                ctx = self._context(False)
+                ctx = Context(self._clock.now(), self._ids, False)
                 if listing and tx.due_runs(ctx.now, 1):
                     raise _NeedsWrite
                 return work(tx, ctx)
@@ -202,7 +224,10 @@ class Hitl:
         """Suspend up to `limit` overdue runs; their events, or None when none was due.
         A run that cannot be suspended is logged once and skipped from then on."""
         skipped = self._damaged
-        due = [run for run in tx.due_runs(ctx.now, limit + len(skipped)) if run.id not in skipped]
+        found = tx.due_runs(ctx.now, limit + len(skipped))
+        if not found:  # the usual case
+            return None
+        due = [run for run in found if run.id not in skipped]
         if not due:
             return None
         events: list[Event] = []
@@ -235,7 +260,7 @@ class Hitl:
         return run, ctx
 
     @staticmethod
-    def _save(tx: Transaction, step: Step, before: Run | None) -> list[Event]:
+    def _save(tx: Transaction, step: Step, before: Run | None) -> tuple[Event, ...]:
         """Write what a reducer step produced (`before`: the run as read, None for a new
         run); return its events."""
         if before is None:
@@ -246,11 +271,12 @@ class Hitl:
             tx.update_run(step.run)
         if step.requests:
             tx.save_requests(step.requests)
-        for policy in step.policies:
-            tx.insert_policy(policy)
+        if step.policies:
+            for policy in step.policies:
+                tx.insert_policy(policy)
         if step.events:
             tx.append_events(step.events)
-        return list(step.events)
+        return step.events
 
 
 def keyed(run_id: str, key: object) -> str | None:
@@ -276,8 +302,6 @@ def settings(
     user = check.user(user_id)
     if metadata is not None and not isinstance(metadata, dict):
         raise ValidationError("invalid_config", "metadata must be a dict or None")
-    from ._records import json_copy
-
     return {
         "human_in_the_loop": hitl,
         "permission_mode": mode,

@@ -14,8 +14,6 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
-
 from . import _rules
 from . import _validate as check
 from ._errors import ConflictError, NotFoundError, ValidationError
@@ -32,9 +30,10 @@ from ._records import (
     Run,
     RunStatus,
     ToolGate,
-    evolve,
-    fresh,
+    changed,
+    evolver,
     json_copy,
+    maker,
 )
 from ._validate import shown
 
@@ -66,8 +65,7 @@ class Context:
         self, type_: str, run_id: str, data: dict[str, Any], at: float | None = None
     ) -> Event:
         """A new event, stamped now (or at `at`); `data` must be a fresh dict."""
-        return fresh(
-            Event,
+        return _new_event(
             id=self.new_id("evt"),
             type=type_,
             run_id=run_id,
@@ -76,26 +74,53 @@ class Context:
         )
 
 
-@attrs.frozen
+_new_event = maker(Event)
+_new_run = maker(Run)
+_new_request = maker(PermissionRequest)
+_new_gate = maker(ToolGate)
+# The changes the hot paths make, compiled once (values in stored form).
+_opened = evolver(Run, "version", "updated_at", "status", "deadline", convert=False)
+_settled = evolver(Run, "version", "updated_at", "status", "suspended", "deadline", convert=False)
+_decided = evolver(PermissionRequest, "status", "decision", "source", "resolved_at", convert=False)
+_decided_tool = evolver(
+    PermissionRequest,
+    *("status", "decision", "source", "resolved_at", "remember", "reason", "actor"),
+    convert=False,
+)
+
+
 class Step:
     """What an input did: the run as it is now (the same object when unchanged), the
     requests it created or changed, the events to record, new policies, a new
     idempotency key, and what the caller is told: the request it is about (`result`),
     `resumed`, and `applied` (False: the call found its work already done)."""
 
-    run: Run
-    requests: tuple[PermissionRequest, ...] = ()
-    events: tuple[Event, ...] = ()
-    resumed: bool = False
-    applied: bool = True
-    result: PermissionRequest | None = None
-    policies: tuple[PermissionPolicy, ...] = ()
-    key: IdempotencyKey | None = None
+    __slots__ = ("applied", "events", "key", "policies", "requests", "result", "resumed", "run")
+
+    def __init__(
+        self,
+        run: Run,
+        requests: tuple[PermissionRequest, ...] = (),
+        events: tuple[Event, ...] = (),
+        resumed: bool = False,
+        applied: bool = True,
+        result: PermissionRequest | None = None,
+        policies: tuple[PermissionPolicy, ...] = (),
+        key: IdempotencyKey | None = None,
+    ) -> None:
+        self.run = run
+        self.requests = requests
+        self.events = events
+        self.resumed = resumed
+        self.applied = applied
+        self.result = result
+        self.policies = policies
+        self.key = key
 
 
 def _touch(run: Run, now: float, **changes: Any) -> Run:
-    """The run with `changes`, a new version and updated_at = now."""
-    return evolve(run, version=run.version + 1, updated_at=now, **changes)
+    """The run with `changes` (in stored form), a new version and updated_at = now."""
+    return changed(run, version=run.version + 1, updated_at=now, **changes)
 
 
 def _resolved_event(ctx: Context, request: PermissionRequest) -> Event:
@@ -140,7 +165,7 @@ def new_run(
                 "use a new key for a new run",
             )
         return Step(stored_run, applied=False)
-    run = Run(
+    run = _new_run(  # the settings are the engine's own checked copies
         id=ctx.new_id("run"),
         status=RunStatus.RUNNING,
         created_at=ctx.now,
@@ -169,7 +194,7 @@ def suspend(ctx: Context, run: Run) -> Step:
     assert run.deadline is not None and run.deadline <= ctx.now
     _rules.fire(run.status, "suspend")
     at = run.deadline
-    suspended = evolve(
+    suspended = changed(
         run,
         version=run.version + 1,
         updated_at=max(run.updated_at, at),
@@ -279,8 +304,7 @@ def open_request(
 ) -> Step:
     """Open a pending request; the run awaits approval (SPEC 3, 4)."""
     status = _rules.fire(run.status, "open_request")
-    request = fresh(  # tool_input is the engine's own checked copy
-        PermissionRequest,
+    request = _new_request(  # tool_input is the engine's own checked copy
         request_id=request_id or ctx.new_id("req"),
         run_id=run.id,
         kind=kind,
@@ -292,15 +316,17 @@ def open_request(
     deadline = None if run.suspended else ctx.now + run.input_timeout
     if run.deadline is not None:
         deadline = min(run.deadline, deadline) if deadline is not None else run.deadline
-    changes: dict[str, Any] = {"status": status, "deadline": deadline}
     if kind == "plan":
-        changes["plan_revisions"] = run.plan_revisions + 1
+        plans = run.plan_revisions + 1
+        updated = _touch(run, ctx.now, status=status, deadline=deadline, plan_revisions=plans)
+    else:
+        updated = _opened(run, run.version + 1, ctx.now, status, deadline)
     event = ctx.event(
         "run.awaiting_input",
         run.id,
         {"request_id": request.request_id, "kind": kind, "tool_name": tool_name},
     )
-    return Step(_touch(run, ctx.now, **changes), (request,), (event,), result=request)
+    return Step(updated, (request,), (event,), result=request)
 
 
 def ask(
@@ -370,19 +396,19 @@ def gate(
     `policies` are the run scope's candidates (the store's `candidate_policies`): the
     exact one first, then patterns in creation order; the first that matches decides."""
     if safe:
-        return ToolGate(status="allowed", source="safe")
+        return _new_gate(status="allowed", source="safe")
     if run.permission_mode == "autonomous":
-        return ToolGate(status="allowed", source="autonomous")
+        return _new_gate(status="allowed", source="autonomous")
     if run.permission_mode == "plan" and not run.plan_approved:
-        return ToolGate(status="denied", source="plan_not_approved", reason=PLAN_FIRST)
+        return _new_gate(status="denied", source="plan_not_approved", reason=PLAN_FIRST)
     if tool_name in run.remembered_deny:
-        return ToolGate(status="denied", source="remembered", reason=DENIED_BEFORE)
+        return _new_gate(status="denied", source="remembered", reason=DENIED_BEFORE)
     if tool_name in run.remembered_allow:
-        return ToolGate(status="allowed", source="remembered")
+        return _new_gate(status="allowed", source="remembered")
     for policy in policies:
         if matches(policy.tool_name, tool_name):
             source = "remembered" if policy.source == "run_approval" else "policy"
-            return ToolGate(status="allowed", source=source)
+            return _new_gate(status="allowed", source=source)
     return None
 
 
@@ -430,14 +456,15 @@ def request_tool(
     step = open_request(
         ctx, run, kind="tool", tool_name=tool_name, tool_input=tool_input, request_id=request_id
     )
-    return ToolGate(status="pending", source=None, request_id=step.requests[0].request_id), step
+    gate_ = _new_gate(status="pending", source=None, request_id=step.requests[0].request_id)
+    return gate_, step
 
 
 def _gate_of(request: PermissionRequest) -> ToolGate:
     status = {RequestStatus.ALLOWED: "allowed", RequestStatus.DENIED: "denied"}.get(
         request.status, "pending" if request.is_pending else "denied"
     )
-    return ToolGate(
+    return _new_gate(
         status=status, source=request.source, request_id=request.request_id, reason=request.reason
     )
 
@@ -462,9 +489,14 @@ def resolve(
     deadline = None
     if not suspended and still_pending:
         deadline = min(request.created_at for request in still_pending) + run.input_timeout
-    updated = _touch(run, ctx.now, status=status, suspended=suspended, deadline=deadline, **changes)
+    if changes:
+        updated = _touch(
+            run, ctx.now, status=status, suspended=suspended, deadline=deadline, **changes
+        )
+    else:
+        updated = _settled(run, run.version + 1, ctx.now, status, suspended, deadline)
     if resumed:
-        resolved = [evolve(request, resumed=True) for request in resolved]
+        resolved = [changed(request, resumed=True) for request in resolved]
     events = [_resolved_event(ctx, request) for request in resolved]
     if resumed:
         events.append(ctx.event("run.resumed", run.id, {}))
@@ -480,8 +512,10 @@ def decided(
     source: str,
     **changes: Any,
 ) -> PermissionRequest:
-    """The request as resolved now."""
-    return evolve(
+    """The request as resolved now (`changes` in stored form)."""
+    if not changes:
+        return _decided(request, status, decision, source, now)
+    return changed(
         request, status=status, decision=decision, source=source, resolved_at=now, **changes
     )
 
@@ -598,6 +632,7 @@ def approve(
         raise ValidationError(
             "invalid_decision", f"decision must be 'allow' or 'deny'; got {shown(decision)}"
         )
+    decision = "allow" if decision == "allow" else "deny"  # the plain, interned word
     keep = check.flag(remember, "remember")
     why = check.optional_text(reason, "reason")
     who = check.optional_text(actor, "actor", limit=check.MAX_NAME)
@@ -615,23 +650,14 @@ def approve(
     if request.status is wanted:  # a repeat: it changes nothing, unless remember upgrades
         step = Step(run, applied=False, result=request)
         if keep and not request.remember:
-            upgraded = evolve(request, remember=True)
-            changes = remembered(run, request.tool_name, request.decision or str(decision))
+            upgraded = changed(request, remember=True)
+            changes = remembered(run, request.tool_name, request.decision or decision)
             step = Step(
                 _touch(run, ctx.now, **changes), (upgraded,), applied=False, result=upgraded
             )
     else:
-        done = decided(
-            request,
-            ctx.now,
-            status=wanted,
-            decision=str(decision),
-            source="human",
-            remember=keep,
-            reason=why,
-            actor=who,
-        )
-        changes = remembered(run, request.tool_name, str(decision)) if keep else {}
+        done = _decided_tool(request, wanted, decision, "human", ctx.now, keep, why, who)
+        changes = remembered(run, request.tool_name, decision) if keep else {}
         step = resolve(ctx, run, "decide", [done], _others(pending, request), **changes)
     if keep and decision == "allow" and remember_scope == "user" and policy is None:
         made = PermissionPolicy(
@@ -641,7 +667,7 @@ def approve(
             source="run_approval",
             created_at=ctx.now,
         )
-        step = attrs.evolve(step, policies=(made,))
+        step.policies = (made,)
     return step
 
 
@@ -679,7 +705,7 @@ def create_policy(
     if existing is not None:
         if existing.source != "run_approval":
             return existing, None
-        promoted = evolve(existing, source="api")
+        promoted = changed(existing, source="api")
         return promoted, promoted
     made = PermissionPolicy(
         id=ctx.new_id("pol"), user_id=user_id, tool_name=tool, source="api", created_at=ctx.now

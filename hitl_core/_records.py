@@ -68,6 +68,8 @@ class RequestStatus(enum.StrEnum):
 
 def encodable(value: str, code: str, what: str) -> str:
     """`value` if it has a UTF-8 form (no lone surrogates), else ValidationError(code)."""
+    if value.isascii():  # the usual case, answered without encoding
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -90,8 +92,40 @@ def json_copy(
     UTF-8 form, 64-bit ints, finite floats, bools and None, nested at most MAX_DEPTH deep,
     and, with a `limit`, at most that many characters of compact JSON text (counted as
     the copy goes, so a huge value is refused after reading only `limit` of it)."""
+    if value is None:
+        return None
+    if type(value) is dict:
+        flat = _flat_copy(value, limit)
+        if flat is not None:
+            return flat
     budget = [limit if limit is not None else -1]
     return _json_copy(value, code, what, 0, budget, limit)
+
+
+def _flat_copy(value: dict[Any, Any], limit: int | None) -> dict[str, Any] | None:
+    """A copy of a dict of ASCII string keys and plain ASCII scalars within `limit` (the
+    usual tool arguments), counted as `_json_copy` counts; None for anything else (the
+    full walk then copies it or says what is wrong)."""
+    size = 0
+    for key, item in value.items():
+        if type(key) is not str or not key.isascii():
+            return None
+        kind = type(item)
+        if kind is str:
+            if not item.isascii():
+                return None
+            size += len(key) + len(item) + 6
+        elif item is None or kind is bool:
+            size += len(key) + 9
+        elif kind is int and -MAX_INT <= item < MAX_INT:
+            size += len(key) + 24
+        elif kind is float and math.isfinite(item):
+            size += len(key) + 28
+        else:
+            return None
+    if limit is not None and size > limit:
+        return None
+    return dict(value)
 
 
 def _spend(budget: list[int], amount: int, code: str, what: str, limit: int | None) -> None:
@@ -147,103 +181,110 @@ def copy(value: Any) -> Any:
 
 
 R = TypeVar("R", bound=attrs.AttrsInstance)
-_EVOLVERS: dict[type, Callable[[Any, dict[str, Any]], Any]] = {}
+
+# Records are frozen attrs classes with slots. Building one through its constructor runs
+# every converter (copies of dicts, enum lookups); the engine builds and evolves a few
+# records per call from values it has just made and owns, so it uses straight-line code
+# generated once per class (as attrs generates `__init__`) that sets each slot directly.
 
 
-def _compile_evolver(cls: type) -> Callable[[Any, dict[str, Any]], Any]:
-    """Generate `evolve` for one record class: a straight-line function that copies every
-    field and converts only the changed ones (as attrs generates `__init__`)."""
-    namespace: dict[str, Any] = {"_new": object.__new__, "_set": object.__setattr__, "cls": cls}
-    lines = ["def evolve(record, changes):", "    new = _new(cls)"]
+def _slot_setters(cls: type) -> dict[str, Any]:
+    """The namespace of generated code for `cls`: `set_<name>` writes one slot."""
+    namespace: dict[str, Any] = {"_new": object.__new__, "cls": cls}
     for field in attrs.fields(cls):
-        name, alias = field.name, field.alias or field.name
-        value = f"changes.pop({alias!r})"
-        if field.converter is not None:
-            namespace[f"convert_{name}"] = field.converter
-            value = f"convert_{name}({value})"
-        lines.append(f"    _set(new, {name!r}, {value} if {alias!r} in changes else record.{name})")
-    lines += [
-        "    if changes:",
-        "        raise TypeError(f'{cls.__name__} has no fields {sorted(changes)}')",
-        "    return new",
-    ]
-    exec("\n".join(lines), namespace)
-    evolver: Callable[[Any, dict[str, Any]], Any] = namespace["evolve"]
-    return evolver
+        namespace[f"set_{field.name}"] = getattr(cls, field.name).__set__
+    return namespace
 
 
-_BUILDERS: dict[type, Callable[[dict[str, Any]], Any]] = {}
+_MAKERS: dict[type, Callable[..., Any]] = {}
 
 
-def _compile_builder(cls: type) -> Callable[[dict[str, Any]], Any]:
-    """Generate `fresh` for one record class: set every field from the given values (or
-    its default) with no converter, for values the engine has just made and owns. An
-    unknown or missing name is a TypeError, as in the attrs constructor."""
-    fields = attrs.fields(cls)
-    namespace: dict[str, Any] = {
-        "_new": object.__new__,
-        "_set": object.__setattr__,
-        "cls": cls,
-        "_refuse": _refuse_fields,
-        "_known": frozenset(field.alias or field.name for field in fields),
-        "_required": tuple(
-            field.alias or field.name for field in fields if field.default is attrs.NOTHING
-        ),
-    }
-    lines = [
-        "def build(values):",
-        "    if not _known.issuperset(values) or not all(n in values for n in _required):",
-        "        _refuse(cls, values, _known, _required)",
-        "    new = _new(cls)",
-    ]
-    for field in fields:
-        name, alias = field.name, field.alias or field.name
-        if field.default is attrs.NOTHING:
-            value = f"values[{alias!r}]"
-        elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
-            namespace[f"factory_{name}"] = field.default.factory
-            value = f"values[{alias!r}] if {alias!r} in values else factory_{name}()"
-        else:
-            namespace[f"default_{name}"] = field.default
-            value = f"values.get({alias!r}, default_{name})"
-        lines.append(f"    _set(new, {name!r}, {value})")
-    lines.append("    return new")
-    exec("\n".join(lines), namespace)
-    builder: Callable[[dict[str, Any]], Any] = namespace["build"]
-    return builder
+def maker(cls: type[R]) -> Callable[..., R]:
+    """A keyword-only constructor for `cls` that runs no converter: for values that are
+    already in their stored form (enums, JSON copies nobody else holds). Unknown or
+    missing names are a TypeError, as in the attrs constructor."""
+    made = _MAKERS.get(cls)
+    if made is None:
+        namespace = _slot_setters(cls)
+        params, body = [], []
+        for field in attrs.fields(cls):
+            name, alias = field.name, field.alias or field.name
+            if field.default is attrs.NOTHING:
+                params.append(alias)
+            elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+                namespace[f"factory_{name}"] = field.default.factory
+                params.append(f"{alias}=_absent")
+                body.append(f"    if {alias} is _absent: {alias} = factory_{name}()")
+                namespace["_absent"] = _ABSENT
+            else:
+                namespace[f"default_{name}"] = field.default
+                params.append(f"{alias}=default_{name}")
+            body.append(f"    set_{name}(new, {alias})")
+        source = (
+            f"def {cls.__name__}(*, {', '.join(params)}):\n    new = _new(cls)\n"
+            + "\n".join(body)
+            + "\n    return new"
+        )
+        exec(source, namespace)
+        made = _MAKERS[cls] = namespace[cls.__name__]
+    built: Callable[..., R] = made
+    return built
 
 
-def _refuse_fields(
-    cls: type, values: dict[str, Any], known: frozenset[str], required: tuple[str, ...]
-) -> None:
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise TypeError(f"{cls.__name__} has no fields {unknown}")
-    missing = [name for name in required if name not in values]
-    raise TypeError(f"{cls.__name__} needs the fields {missing}")
+_ABSENT = object()
 
 
 def fresh(cls: type[R], **values: Any) -> R:
-    """Construct a record from values that are already in their stored form (enums,
-    JSON copies nobody else holds), skipping the converters. Engine-internal; unknown
-    or missing field names are a TypeError, as in the attrs constructor."""
-    builder = _BUILDERS.get(cls)
-    if builder is None:
-        builder = _BUILDERS[cls] = _compile_builder(cls)
-    new: R = builder(values)
-    return new
+    """Construct a record from values that are already in their stored form, skipping
+    the converters (see `maker`). Engine-internal."""
+    return maker(cls)(**values)
+
+
+_EVOLVERS: dict[tuple[type, tuple[str, ...]], Callable[..., Any]] = {}
+
+
+def evolver(cls: type[R], *names: str, convert: bool = True) -> Callable[..., R]:
+    """A function `(record, *values)` that returns `record` with the fields `names` set
+    to `values` (positionally) and every other field carried over as it is (already
+    converted and copied). With `convert`, the changed values go through their
+    converters, as `attrs.evolve` does; without, they must be in stored form."""
+    key = (cls, (*names, "+" if convert else "-"))
+    made = _EVOLVERS.get(key)
+    if made is None:
+        fields = {field.alias or field.name: field for field in attrs.fields(cls)}
+        unknown = [name for name in names if name not in fields]
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no fields {unknown}")
+        namespace = _slot_setters(cls)
+        body = ["    new = _new(cls)"]
+        changed = {fields[name].name: name for name in names}
+        for field in attrs.fields(cls):
+            value = f"record.{field.name}"
+            if field.name in changed:
+                value = f"v_{changed[field.name]}"
+                if convert and field.converter is not None:
+                    namespace[f"convert_{field.name}"] = field.converter
+                    value = f"convert_{field.name}({value})"
+            body.append(f"    set_{field.name}(new, {value})")
+        params = "".join(f", v_{name}" for name in names)
+        source = f"def evolve(record{params}):\n" + "\n".join(body) + "\n    return new"
+        exec(source, namespace)
+        made = _EVOLVERS[key] = namespace["evolve"]
+    built: Callable[..., R] = made
+    return built
 
 
 def evolve(record: R, **changes: Any) -> R:
     """`attrs.evolve` for hitl-core's records, faster: unchanged fields are carried over
     as they are (already converted and copied), only changed ones go through their
-    converter. The hot paths make a few of these per call."""
-    cls = type(record)
-    evolver = _EVOLVERS.get(cls)
-    if evolver is None:
-        evolver = _EVOLVERS[cls] = _compile_evolver(cls)
-    new: R = evolver(record, changes)
-    return new
+    converter. An unknown field name is a TypeError."""
+    return evolver(type(record), *changes)(record, *changes.values())
+
+
+def changed(record: R, **changes: Any) -> R:
+    """`evolve` for values the engine has just made and owns, already in stored form
+    (enums, frozensets, JSON copies): no converter runs. Engine-internal."""
+    return evolver(type(record), *changes, convert=False)(record, *changes.values())
 
 
 def _copy_dict(value: dict[str, Any] | None) -> dict[str, Any] | None:

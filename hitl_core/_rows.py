@@ -4,7 +4,8 @@ rebuilds a record from what it read, checking every field (`from_row`)."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+import json as _json
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -23,7 +24,7 @@ from ._records import (
     WebhookEndpoint,
 )
 
-__all__ = ["RECORDS", "field_names", "from_row", "to_row"]
+__all__ = ["RECORDS", "field_names", "from_row", "row_reader", "row_writer", "to_row"]
 
 RECORDS: tuple[type[Any], ...] = (
     Run,
@@ -260,3 +261,168 @@ def from_row(cls: type[R], row: Mapping[str, Any]) -> R:
         reader = _READERS[cls] = _compile_reader(cls)
     record: R = reader(row)
     return record
+
+
+# -- row_writer / row_reader: the same forms as tuples, compiled ------------------------
+
+_dumps = _json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_loads = _json.loads
+_ROW_WRITERS: dict[tuple[Any, ...], Callable[[Any], tuple[Any, ...]]] = {}
+_ROW_READERS: dict[tuple[Any, ...], Callable[[Sequence[Any]], Any]] = {}
+
+
+def _fields(cls: type, names: Sequence[str]) -> dict[str, attrs.Attribute[Any]]:
+    if cls not in RECORDS:
+        raise TypeError(f"{getattr(cls, '__name__', cls)!r} is not a hitl-core record")
+    fields = {field.alias or field.name: field for field in attrs.fields(cls)}
+    unknown = [name for name in names if name not in fields]
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {unknown}")
+    return fields
+
+
+def row_writer(
+    cls: type[Any], names: Sequence[str], json: Collection[str] = ()
+) -> Callable[[Any], tuple[Any, ...]]:
+    """A function that turns a record of `cls` into a tuple of the fields `names`, in that
+    order, in their row form (as `to_row` gives them), with the fields in `json` as
+    compact JSON text (`to_json`; None stays None). Compiled once per arguments: the
+    fast way to make a statement's parameters. Values that are not JSON text are the
+    record's own: never change them."""
+    key = (cls, tuple(names), frozenset(json))
+    writer = _ROW_WRITERS.get(key)
+    if writer is None:
+        fields = _fields(cls, names)
+        namespace: dict[str, Any] = {"_sorted": sorted, "_list": list, "_dumps": _dumps}
+        items = []
+        for name in names:
+            field = fields[name]
+            kind = _kind(cls, field)
+            value = f"record.{field.name}"
+            if kind == "enum":
+                value += ".value"
+            elif kind == "names":
+                value = f"_sorted({value})" if "frozenset" in str(field.type) else f"_list({value})"
+            if name in json:
+                if kind == "names":  # usually empty
+                    value = f"(_dumps({value}) if record.{field.name} else '[]')"
+                elif field.default is attrs.NOTHING and kind == "dict":
+                    value = f"_dumps({value})"
+                else:
+                    value = f"(None if {value} is None else _dumps({value}))"
+            items.append(value)
+        source = f"def {cls.__name__}_row(record):\n    return ({', '.join(items)},)"
+        exec(source, namespace)
+        writer = _ROW_WRITERS[key] = namespace[f"{cls.__name__}_row"]
+    return writer
+
+
+def _check_bool_fast(cls: type, name: str, value: Any) -> bool:
+    if value is True or value is False:
+        return value
+    if type(value) is int and (value == 0 or value == 1):  # SQL stores keep 0 and 1
+        return value == 1
+    raise _bad(cls, name, value, "a boolean")
+
+
+def _width(cls: type, row: Sequence[Any], width: int) -> StoreError:
+    return StoreError(
+        "store_corrupt", f"a stored {cls.__name__} row has {len(row)} values, not {width}"
+    )
+
+
+def row_reader(
+    cls: type[R], names: Sequence[str], json: Collection[str] = ()
+) -> Callable[[Sequence[Any]], R]:
+    """The inverse of `row_writer`: a function that rebuilds a record of `cls` from a
+    sequence of the fields `names` (the `json` ones as JSON text), checking every value
+    as `from_row` does (StoreError('store_corrupt') for a wrong one). Fields not named
+    take their defaults; every field without a default must be named. The decoded JSON
+    values become the record's own."""
+    key = (cls, tuple(names), frozenset(json))
+    reader = _ROW_READERS.get(key)
+    if reader is None:
+        fields = _fields(cls, names)
+        missing = [
+            name for name, field in fields.items()
+            if field.default is attrs.NOTHING and name not in names
+        ]  # fmt: skip
+        if missing:
+            raise TypeError(f"a row of {cls.__name__} needs the fields {missing}")
+        namespace: dict[str, Any] = {
+            "cls": cls,
+            "_new": object.__new__,
+            "_loads": _loads,
+            "_bad": _bad,
+            "_width": _width,
+            "_is_int": _is_int,
+            "_bool": _check_bool_fast,
+            "_names": _check_names,
+            "_str": str,
+            "_float": float,
+            "_dict": dict,
+        }
+        lines = [
+            "def from_row(row):",
+            f"    if len(row) != {len(names)}:",
+            f"        raise _width(cls, row, {len(names)})",
+            f"    ({''.join(f'v{index}, ' for index in range(len(names)))}) = row",
+            "    new = _new(cls)",
+        ]
+        position = {name: index for index, name in enumerate(names)}
+        for name, field in fields.items():
+            namespace[f"set_{field.name}"] = getattr(cls, field.name).__set__
+            if name not in position:
+                default: Any = field.default
+                if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                    namespace[f"factory_{field.name}"] = default.factory
+                    lines.append(f"    set_{field.name}(new, factory_{field.name}())")
+                else:
+                    namespace[f"default_{field.name}"] = default
+                    lines.append(f"    set_{field.name}(new, default_{field.name})")
+                continue
+            v, kind = f"v{position[name]}", _kind(cls, field)
+            bad = f"        raise _bad(cls, {name!r}, {v}, {{}})"
+            if name in json:
+                if kind == "names":  # usually empty
+                    lines.append(f"    {v} = () if {v} == '[]' else _loads({v})")
+                else:
+                    lines.append(f"    if {v} is not None: {v} = _loads({v})")
+            optional = kind.endswith("?")
+            guard = f"{v} is not None and " if optional else ""
+            if kind in ("str", "str?"):
+                lines += [f"    if {guard}not isinstance({v}, _str):", bad.format("'a string'")]
+            elif kind in ("int", "int?"):
+                lines += [f"    if {guard}not _is_int({v}):", bad.format("'an integer'")]
+            elif kind in ("float", "float?"):
+                lines += [
+                    f"    if {guard}type({v}) is not _float:",
+                    f"        if not _is_int({v}):",
+                    "    " + bad.format("'a number'"),
+                    f"        {v} = _float({v})",
+                ]
+            elif kind in ("bool", "bool?"):
+                lines.append(f"    if {guard}True: {v} = _bool(cls, {name!r}, {v})")
+            elif kind in ("dict", "dict?"):
+                lines += [
+                    f"    if {guard}not isinstance({v}, _dict):",
+                    bad.format("'a JSON object'"),
+                ]
+            elif kind == "names":
+                as_set = "frozenset" in str(field.type)
+                lines.append(f"    {v} = _names(cls, {name!r}, {v}, {as_set})")
+            elif kind == "enum":
+                members = _ENUMS[str(field.type)]
+                namespace[f"members_{field.name}"] = {m.value: m for m in members}
+                raw, wanted = f"row[{position[name]}]", f"a {members.__name__}"
+                lines += [
+                    f"    {v} = members_{field.name}.get({v}) if isinstance({v}, _str) else None",
+                    f"    if {v} is None:",
+                    f"        raise _bad(cls, {name!r}, {raw}, {wanted!r})",
+                ]
+            lines.append(f"    set_{field.name}(new, {v})")
+        lines.append("    return new")
+        exec("\n".join(lines), namespace)
+        reader = _ROW_READERS[key] = namespace["from_row"]
+    made: Callable[[Sequence[Any]], R] = reader
+    return made

@@ -155,6 +155,8 @@ def seconds(
 
 def timeout(value: object) -> float:
     """A finite number of seconds > 0, or 422 invalid_config."""
+    if type(value) is float and 0.0 < value < math.inf:  # the usual case
+        return value
     return seconds(value, "input_timeout")
 
 

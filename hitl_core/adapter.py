@@ -34,7 +34,8 @@ from ._records import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from ._rows import RECORDS, field_names, from_row, to_row
+from ._records import maker as record_maker
+from ._rows import RECORDS, field_names, from_row, row_reader, row_writer, to_row
 from ._store import ChangeListener, Store, Transaction
 
 __all__ = [
@@ -72,6 +73,9 @@ __all__ = [
     "matches",
     "open_store",
     "prefixes",
+    "record_maker",
+    "row_reader",
+    "row_writer",
     "to_json",
     "to_row",
 ]

@@ -1,6 +1,12 @@
-"""The in-memory store behind `memory://`: plain dicts and small indexes under one lock,
-with an undo log so a transaction that raises leaves everything as it was. Thread-safe,
-not durable. Every lookup the port names is indexed: no call scans the whole store."""
+"""The in-memory store behind `memory://`: dicts and small indexes under one lock, with
+an undo log so a transaction that raises leaves everything as it was. Thread-safe, not
+durable. Every lookup the port names is indexed: no call scans the whole store.
+
+It is also built to be small, since paused runs pile up while people decide: a run's
+own indexes live in one slotted entry (one request is held as itself, not in a list),
+events are kept in columns with their data packed into tuples (shared when they hold
+only common words), and heaps drop their stale entries once those outnumber the live
+ones (docs/benchmarks.md measures the bytes per paused run)."""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from hitl_core.adapter import (
     IdempotencyKey,
     PermissionPolicy,
     PermissionRequest,
+    RequestStatus,
     Run,
     RunStatus,
     Store,
@@ -30,11 +37,16 @@ from hitl_core.adapter import (
     is_pattern,
     literal_prefix,
     prefixes,
+    record_maker,
+    row_writer,
 )
 
 __all__ = ["MemoryStore", "open_store"]
 
 Entry = tuple[float, int, str]  # (time, creation order, id): a heap entry
+_PENDING = RequestStatus.PENDING
+_RUNNING = RunStatus.RUNNING
+_TERMINAL = frozenset(status for status in RunStatus if status.is_terminal)
 
 
 def open_store(url: str) -> MemoryStore:
@@ -44,22 +56,56 @@ def open_store(url: str) -> MemoryStore:
     return MemoryStore()
 
 
-def _append(lists: dict[str, list[Any]], key: str, item: Any) -> None:
-    """Append to the list under `key`, making a one-item list first: an empty list that
-    grows takes room for four, and most runs are short (memory per paused run counts)."""
-    found = lists.get(key)
-    if found is None:
-        lists[key] = [item]
-    else:
-        found.append(item)
+# -- small collections ---------------------------------------------------------------------
+# A run usually has one request and one pending request: "few" holds None, one id (a
+# string) or a list of ids, so the usual case costs no list at all.
+
+Few = str | list[str] | None
 
 
-def _remove(lists: dict[str, list[Any]], key: str, item: Any) -> None:
-    """Remove `item` from the list under `key`, dropping the list when it empties."""
-    found = lists[key]
-    found.remove(item)
-    if not found:
-        del lists[key]
+def _few(value: Few) -> Sequence[str]:
+    """The ids held, oldest first."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return value
+
+
+def _with(value: Few, item: str) -> Few:
+    """`value` with `item` added last."""
+    if value is None:
+        return item
+    if type(value) is str:
+        return [value, item]
+    value.append(item)  # type: ignore[union-attr]
+    return value
+
+
+def _without(value: Few, item: str) -> Few:
+    """`value` without `item`."""
+    if type(value) is str:
+        return None if value == item else value
+    assert isinstance(value, list)
+    value.remove(item)
+    return value[0] if len(value) == 1 else value
+
+
+class _Entry:
+    """A stored run and the store's indexes of it: its creation number, its requests and
+    its pending requests (ids, oldest first), and the positions of its first and last
+    events in the log (each event knows the position of the run's next one). An entry
+    can exist before its run when events of an unknown run id are appended."""
+
+    __slots__ = ("first_event", "last_event", "order", "pending", "requests", "run")
+
+    def __init__(self, run: Run | None, order: int) -> None:
+        self.run = run
+        self.order = order
+        self.requests: Few = None
+        self.pending: Few = None
+        self.first_event: int | None = None
+        self.last_event: int | None = None
 
 
 def _take_due(
@@ -67,6 +113,8 @@ def _take_due(
 ) -> list[Any]:
     """Up to `limit` distinct live items of `heap` whose time is <= bound, in heap order;
     stale entries (for which `live` gives None) are dropped, live ones stay. O(k log n)."""
+    if not heap or heap[0][0] > bound:  # nothing due, stale or not: the usual case
+        return []
     while heap and live(heap[0]) is None:
         heapq.heappop(heap)
     if not heap or heap[0][0] > bound:
@@ -84,25 +132,58 @@ def _take_due(
     return list(found.values())
 
 
+class _Heap:
+    """A heap of (time, creation order, id) with lazy deletion: an entry is stale when
+    its id no longer has that time (`live` says). Entries are only added; when the stale
+    ones outnumber the live ones, the heap is rebuilt from the live ones, so its size
+    stays within twice what it indexes."""
+
+    __slots__ = ("entries", "live", "size")
+
+    def __init__(self, live: Callable[[Entry], Any]) -> None:
+        self.entries: list[Entry] = []
+        self.live = live
+        self.size = 0
+        """How many ids the heap indexes now (kept by the store)."""
+
+    def push(self, entry: Entry) -> None:
+        entries = self.entries
+        if len(entries) > 2 * self.size + 64:
+            entries[:] = [e for e in entries if self.live(e) is not None]
+            heapq.heapify(entries)
+        heapq.heappush(entries, entry)
+
+    def due(self, bound: float, limit: int) -> list[Any]:
+        return _take_due(self.entries, bound, limit, self.live)
+
+
 class _Ordered:
-    """Ids kept in creation order (by their creation number), for paged listings."""
+    """Ids kept in creation order (by `order(id)`), for paged listings."""
 
-    __slots__ = ("ids", "order")
+    __slots__ = ("ids", "last", "order")
 
-    def __init__(self, order: dict[str, int]) -> None:
+    def __init__(self, order: Callable[[str], int]) -> None:
         self.ids: list[str] = []
         self.order = order
+        self.last = -1  # the creation number of the last id
 
-    def add(self, item: str) -> None:
-        ids, number = self.ids, self.order[item]
-        if not ids or self.order[ids[-1]] < number:
-            ids.append(item)  # the usual case: the newest
+    def add(self, item: str, number: int) -> None:
+        """Add `item`, whose creation number is `number`."""
+        if number > self.last:  # the usual case: the newest
+            self.ids.append(item)
+            self.last = number
         else:
-            ids.insert(bisect.bisect_left(ids, number, key=self.order.__getitem__), item)
+            self.ids.insert(bisect.bisect_left(self.ids, number, key=self.order), item)
 
-    def discard(self, item: str) -> None:
+    def discard(self, item: str, number: int) -> None:
+        """Remove `item` (creation number `number`) if it is listed."""
         ids = self.ids
-        index = bisect.bisect_left(ids, self.order[item], key=self.order.__getitem__)
+        if number == self.last:  # the usual case: the newest
+            if ids and ids[-1] == item:
+                ids.pop()
+                self.last = self.order(ids[-1]) if ids else -1
+            return
+        index = bisect.bisect_left(ids, number, key=self.order)
         if index < len(ids) and ids[index] == item:
             del ids[index]
 
@@ -110,7 +191,80 @@ class _Ordered:
         """The position just after `item` (an id in this listing or not)."""
         if item is None:
             return 0
-        return bisect.bisect_right(self.ids, self.order[item], key=self.order.__getitem__)
+        return bisect.bisect_right(self.ids, self.order(item), key=self.order)
+
+
+# -- packed event data ---------------------------------------------------------------------
+# An event's data is kept as a tuple (its keys' tuple, then the values) when every value
+# is a plain scalar; such a tuple is shared by every event with the same data when its
+# values are all common words (modes, kinds, statuses, sources, decisions, None, bools).
+
+_COMMON = frozenset(
+    {
+        *(status.value for status in RunStatus),
+        *(status.value for status in RequestStatus),
+        "autonomous",
+        "approval",
+        "plan",
+        "question",
+        "tool",
+        "human",
+        "mode_switch",
+        "run_ended",
+        "allow",
+        "deny",
+        "answer",
+        "approve",
+        "revise",
+    }
+)
+_SCALARS = (str, bool, int, float, type(None))
+_SHARED_MAX = 4096
+
+
+class _Packer:
+    """Packs event data into tuples and back into fresh dicts."""
+
+    __slots__ = ("keys", "shared")
+
+    def __init__(self) -> None:
+        self.keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.shared: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+    def pack(self, data: dict[str, Any]) -> Any:
+        """`data` (the event's own dict, not to be changed) in its stored form."""
+        if not data:
+            return None
+        common = True
+        for value in data.values():
+            kind = type(value)
+            if kind not in _SCALARS:
+                return _copy(data)  # nested data: a copy of the store's own
+            if kind is str and value not in _COMMON:
+                common = False
+        names = tuple(data)
+        names = self.keys.setdefault(names, names)
+        packed = (names, *data.values())
+        if common and (len(self.shared) < _SHARED_MAX or packed in self.shared):
+            packed = self.shared.setdefault(packed, packed)
+        return packed
+
+    @staticmethod
+    def unpack(packed: Any) -> dict[str, Any]:
+        if packed is None:
+            return {}
+        if type(packed) is tuple:
+            return dict(zip(packed[0], packed[1:], strict=True))
+        copied: dict[str, Any] = _copy(packed)
+        return copied
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
 
 
 class MemoryStore(Store, Transaction):
@@ -121,27 +275,27 @@ class MemoryStore(Store, Transaction):
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._undo: list[Callable[[], None]] | None = None
-        self._changed: set[str] = set()
+        self._changed: set[str] | None = None
+        self._unpend: list[str] | None = None  # resolved in this transaction (see below)
         self._listeners: dict[int, ChangeListener] = {}
         self._listener_ids = itertools.count()
-        self._counter = itertools.count()  # creation order of runs, requests, deliveries
+        self._counter = itertools.count()  # creation order of runs and deliveries
+        self._scopes = (_Scope(self, True), _Scope(self, False))
         # runs and their indexes
-        self._runs: dict[str, Run] = {}
-        self._order: dict[str, int] = {}
-        self._all_runs = _Ordered(self._order)
+        self._runs: dict[str, _Entry] = {}
+        self._all_runs = _Ordered(self._run_order)
         self._by_status: dict[str, _Ordered] = {}
         self._by_user: dict[str, _Ordered] = {}
-        self._deadlines: list[Entry] = []  # (deadline, order, id)
-        self._claimable: list[Entry] = []  # (lease_expires or 0, order, id) of running runs
+        self._deadlines = _Heap(lambda e: self._run_at(e, lambda r: r.deadline))
+        self._claimable = _Heap(self._claimable_at)  # (lease_expires or 0, ...) if running
         self._ended: list[Entry] = []  # (updated_at, order, id) of terminal runs
         self._keys: dict[str, IdempotencyKey] = {}
         self._run_key: dict[str, str] = {}
-        # requests
+        # requests; pending ones across runs, oldest first (an insertion-ordered dict:
+        # a request resolved in a transaction leaves it at commit, so a rollback finds
+        # it in its old place)
         self._requests: dict[str, PermissionRequest] = {}
-        self._run_requests: dict[str, list[str]] = {}
-        self._run_pending: dict[str, list[str]] = {}
-        self._pending: dict[str, int] = {}  # pending request id -> creation order
-        self._pending_sorted = True
+        self._pending: dict[str, None] = {}
         # policies
         self._policies: dict[str, PermissionPolicy] = {}
         self._policy_order: dict[str, int] = {}
@@ -151,11 +305,16 @@ class MemoryStore(Store, Transaction):
         # scope -> literal prefix -> pattern policy ids (insertion order)
         self._scope_patterns: dict[str | None, dict[str, dict[str, None]]] = {}
         self._tasks: dict[str, Task] = {}
-        # events: a list with holes where pruned events were
-        self._events: list[Event | None] = []
-        self._holes = 0
+        # events, in columns by position in the log (None where pruned events were)
+        self._event_ids: list[str | None] = []
+        self._event_types: list[str | None] = []
+        self._event_runs: list[str | None] = []
+        self._event_times: list[float | None] = []
+        self._event_data: list[Any] = []
+        self._event_next: list[int | None] = []  # the position of the run's next event
         self._event_index: dict[str, int] = {}
-        self._run_events: dict[str, list[int]] = {}
+        self._event_count = 0  # live events (without the holes)
+        self._packer = _Packer()
         # webhooks
         self._cursors: dict[str, str] = {}
         self._endpoints: dict[str, WebhookEndpoint] = {}
@@ -166,9 +325,9 @@ class MemoryStore(Store, Transaction):
         self._due_deliveries: list[Entry] = []  # (next_retry_at or 0, order, id)
 
     # -- Store -------------------------------------------------------------------
-    def transaction(self, *, write: bool) -> _Transaction:
+    def transaction(self, *, write: bool) -> _Scope:
         """Hold the lock for the block; undo every write if the block raises."""
-        return _Transaction(self)
+        return self._scopes[0 if write else 1]
 
     def close(self) -> None:
         """Nothing to release."""
@@ -188,17 +347,24 @@ class MemoryStore(Store, Transaction):
             listener(run_ids)
 
     def _log(self, undo: Callable[[], None]) -> None:
-        assert self._undo is not None, "write outside a transaction"
+        if self._undo is None:
+            if self._owner is None:
+                raise AssertionError("write outside a transaction")
+            self._undo = []
         self._undo.append(undo)
 
     # -- runs --------------------------------------------------------------------
+    def _run_order(self, run_id: str) -> int:
+        return self._runs[run_id].order
+
     def get_run(self, run_id: str) -> Run | None:
-        return self._runs.get(run_id)
+        entry = self._runs.get(run_id)
+        return None if entry is None else entry.run
 
     def list_runs(
         self, *, user_id: str | None, status: str | None, limit: int, starting_after: str | None
     ) -> tuple[list[Run], bool] | None:
-        if starting_after is not None and starting_after not in self._runs:
+        if starting_after is not None and self.get_run(starting_after) is None:
             return None
         if user_id is not None:
             listing = self._by_user.get(user_id)
@@ -210,7 +376,8 @@ class MemoryStore(Store, Transaction):
             return [], False
         chosen: list[Run] = []
         for run_id in itertools.islice(listing.ids, listing.after(starting_after), None):
-            run = self._runs[run_id]
+            run = self._runs[run_id].run
+            assert run is not None
             if status is None or run.status == status:
                 if len(chosen) == limit:
                     return chosen, True
@@ -218,20 +385,21 @@ class MemoryStore(Store, Transaction):
         return chosen, False
 
     def _run_at(self, entry: Entry, value: Callable[[Run], float | None]) -> Run | None:
-        run = self._runs.get(entry[2])
+        run = self.get_run(entry[2])
         return run if run is not None and value(run) == entry[0] else None
 
     def due_runs(self, now: float, limit: int) -> list[Run]:
-        return _take_due(
-            self._deadlines, now, limit, lambda e: self._run_at(e, lambda r: r.deadline)
-        )
+        entries = self._deadlines.entries
+        if not entries or entries[0][0] > now:  # nothing due: the usual case
+            return []
+        return self._deadlines.due(now, limit)
 
     def claimable_runs(self, now: float, limit: int) -> list[Run]:
-        return _take_due(self._claimable, now, limit, self._claimable_at)
+        return self._claimable.due(now, limit)
 
     def _claimable_at(self, entry: Entry) -> Run | None:
-        run = self._runs.get(entry[2])
-        if run is None or run.status is not RunStatus.RUNNING:
+        run = self.get_run(entry[2])
+        if run is None or run.status is not _RUNNING:
             return None
         return run if (run.lease_expires or 0.0) == entry[0] else None
 
@@ -241,62 +409,89 @@ class MemoryStore(Store, Transaction):
         return [run.id for run in runs if run.updated_at < before][:limit]
 
     def _ended_at(self, entry: Entry) -> Run | None:
-        run = self._runs.get(entry[2])
+        run = self.get_run(entry[2])
         if run is None or not run.is_terminal:
             return None
         return run if run.updated_at == entry[0] else None
 
     def insert_run(self, run: Run) -> None:
-        if run.id in self._runs:
+        entry = self._runs.get(run.id)
+        if entry is None:
+            entry = self._runs[run.id] = _Entry(run, next(self._counter))
+        elif entry.run is None:  # its events came first
+            entry.run = run
+        else:
             raise StoreError("store_constraint", f"a run {run.id!r} is stored already")
-        self._order[run.id] = next(self._counter)
-        self._put_run(run, None)
+        self._index_run(run, None, entry.order)
         self._log(lambda: self._drop_run(run))
 
     def update_run(self, run: Run) -> None:
-        old = self._runs.get(run.id)
+        entry = self._runs.get(run.id)
+        old = None if entry is None else entry.run
         if old is None or old.version != run.version - 1:
             raise ConflictError("concurrent_update", f"run {run.id} was changed concurrently")
-        self._put_run(run, old)
-        self._log(lambda: self._put_run(old, run))
+        assert entry is not None
+        entry.run = run
+        self._index_run(run, old, entry.order)
+        self._log(lambda: self._put_back(old, run))
 
-    def _put_run(self, run: Run, old: Run | None) -> None:
-        """Store `run` in place of `old` (None: a new run) and keep every index right."""
-        self._runs[run.id] = run
-        order = self._order[run.id]
+    def _put_back(self, old: Run, new: Run) -> None:
+        """Undo an update: `old` in place of `new`."""
+        self._runs[old.id].run = old
+        self._index_run(old, new, self._runs[old.id].order)
+
+    def _index_run(self, run: Run, old: Run | None, order: int) -> None:
+        """Keep every index of runs right after `run` took the place of `old` (None: a
+        new run)."""
+        run_id, status = run.id, run.status
         if old is None:
-            self._all_runs.add(run.id)
+            self._all_runs.add(run_id, order)
             if run.user_id is not None:
-                self._listing(self._by_user, run.user_id).add(run.id)
-        if old is None or old.status != run.status:
+                self._listing(self._by_user, run.user_id).add(run_id, order)
+            before, was_running = None, False
+        else:
+            before, was_running = old.deadline, old.status is _RUNNING
+        if old is None or old.status is not status:
             if old is not None:
-                self._by_status[old.status].discard(run.id)
-            self._listing(self._by_status, run.status).add(run.id)
-            if run.is_terminal:
-                heapq.heappush(self._ended, (run.updated_at, order, run.id))
-        if run.deadline is not None and (old is None or old.deadline != run.deadline):
-            heapq.heappush(self._deadlines, (run.deadline, order, run.id))
-        if run.status is RunStatus.RUNNING and (
-            old is None
-            or old.status is not RunStatus.RUNNING
-            or old.lease_expires != run.lease_expires
+                self._by_status[old.status].discard(run_id, order)
+            self._listing(self._by_status, status).add(run_id, order)
+            if status in _TERMINAL:
+                heapq.heappush(self._ended, (run.updated_at, order, run_id))
+        deadline = run.deadline
+        if deadline != before:
+            self._deadlines.size += (deadline is not None) - (before is not None)
+            if deadline is not None:
+                self._deadlines.push((deadline, order, run_id))
+        running = status is _RUNNING
+        if running != was_running:
+            self._claimable.size += running - was_running
+        if running and (
+            not was_running or old.lease_expires != run.lease_expires  # type: ignore[union-attr]
         ):
-            heapq.heappush(self._claimable, (run.lease_expires or 0.0, order, run.id))
+            self._claimable.push((run.lease_expires or 0.0, order, run_id))
 
     def _listing(self, listings: dict[str, _Ordered], key: str) -> _Ordered:
         found = listings.get(key)
         if found is None:
-            found = listings[key] = _Ordered(self._order)
+            found = listings[key] = _Ordered(self._run_order)
         return found
 
     def _drop_run(self, run: Run) -> None:
         """Forget a run entirely (undo of its insert, or deletion)."""
-        del self._runs[run.id]
-        self._all_runs.discard(run.id)
-        self._by_status[run.status].discard(run.id)
+        order = self._runs[run.id].order
+        self._all_runs.discard(run.id, order)
+        self._by_status[run.status].discard(run.id, order)
         if run.user_id is not None:
-            self._by_user[run.user_id].discard(run.id)
-        del self._order[run.id]
+            self._by_user[run.user_id].discard(run.id, order)
+        if run.status is _RUNNING:
+            self._claimable.size -= 1
+        if run.deadline is not None:
+            self._deadlines.size -= 1
+        entry = self._runs[run.id]
+        if entry.requests is None and entry.first_event is None:
+            del self._runs[run.id]
+        else:
+            entry.run = None
 
     def delete_runs(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
@@ -304,11 +499,13 @@ class MemoryStore(Store, Transaction):
         self._compact_events()
 
     def _delete_run(self, run_id: str) -> None:
-        run = self._runs[run_id]
-        order = self._order[run_id]
-        requests = [self._requests[rid] for rid in self._run_requests.get(run_id, ())]
-        positions = self._run_events.pop(run_id, [])
-        events = [self._events[pos] for pos in positions]
+        entry = self._runs[run_id]
+        run = entry.run
+        assert run is not None
+        kept = (entry.requests, entry.pending, entry.first_event, entry.last_event)
+        requests = [self._requests[rid] for rid in _few(entry.requests)]
+        positions = list(self._positions(entry.first_event))
+        events = [self._event_at(pos) for pos in positions]
         key = self._run_key.pop(run_id, None)
         idempotency = None if key is None else self._keys.pop(key)
         deliveries = [
@@ -316,36 +513,27 @@ class MemoryStore(Store, Transaction):
             for did in self._run_deliveries.get(run_id, ())
             if self._deliveries[did].status != "pending"
         ]
-        orders = {r.request_id: self._pending[r.request_id] for r in requests if r.is_pending}
         self._drop_run(run)
+        self._runs.pop(run_id, None)
         for request in requests:
             del self._requests[request.request_id]
-            self._pending.pop(request.request_id, None)
-        self._run_requests.pop(run_id, None)
-        self._run_pending.pop(run_id, None)
-        for pos, event in zip(positions, events, strict=True):
-            assert event is not None
-            self._events[pos] = None
-            del self._event_index[event.id]
-        self._holes += len(positions)
+            if request.status is _PENDING:  # leaves self._pending at commit
+                self._unpended(request.request_id)
+        for pos in positions:
+            self._clear_event(pos)
         for delivery in deliveries:
             self._forget_delivery(delivery)
 
         def undo() -> None:
-            self._order[run_id] = order
-            self._put_run(run, None)
+            entry.run = None
+            entry.requests, entry.pending, entry.first_event, entry.last_event = kept
+            self._runs[run_id] = entry
+            entry.run = run
+            self._index_run(run, None, entry.order)
             for request in requests:
                 self._requests[request.request_id] = request
-                _append(self._run_requests, run_id, request.request_id)
-                if request.is_pending:
-                    self._add_pending(request, orders[request.request_id])
             for pos, event in zip(positions, events, strict=True):
-                assert event is not None
-                self._events[pos] = event
-                self._event_index[event.id] = pos
-            if positions:
-                self._run_events[run_id] = positions
-            self._holes -= len(positions)
+                self._put_event(pos, _event_row(event))
             if idempotency is not None:
                 self._keys[idempotency.key] = idempotency
                 self._run_key[run_id] = idempotency.key
@@ -373,65 +561,90 @@ class MemoryStore(Store, Transaction):
         return self._requests.get(request_id)
 
     def list_requests(self, run_id: str, *, pending_only: bool = False) -> list[PermissionRequest]:
-        ids = (self._run_pending if pending_only else self._run_requests).get(run_id, ())
-        return [self._requests[rid] for rid in ids]
+        entry = self._runs.get(run_id)
+        if entry is None:
+            return []
+        requests = self._requests
+        return [requests[rid] for rid in _few(entry.pending if pending_only else entry.requests)]
 
     def pending_requests(self, limit: int) -> list[PermissionRequest]:
-        if not self._pending_sorted:  # an undo put a request back out of its place
-            self._pending = dict(sorted(self._pending.items(), key=lambda item: item[1]))
-            self._pending_sorted = True
-        return [self._requests[rid] for rid in itertools.islice(self._pending, limit)]
+        found: list[PermissionRequest] = []
+        requests = self._requests
+        for rid in self._pending:  # those resolved or deleted in this transaction: skipped
+            request = requests.get(rid)
+            if request is not None and request.status is _PENDING:
+                found.append(request)
+                if len(found) == limit:
+                    break
+        return found
+
+    def _unpended(self, rid: str) -> None:
+        """Note that `rid` leaves the pending order when this transaction commits."""
+        if self._unpend is None:
+            self._unpend = []
+        self._unpend.append(rid)
 
     def save_requests(self, requests: Sequence[PermissionRequest]) -> None:
         for request in requests:
             rid = request.request_id
             old = self._requests.get(rid)
-            self._requests[rid] = request
+            entry = self._runs.get(request.run_id)
             if old is None:
-                _append(self._run_requests, request.run_id, rid)
-                if request.is_pending:
-                    self._add_pending(request, next(self._counter))
+                if entry is None:
+                    entry = self._runs[request.run_id] = _Entry(None, next(self._counter))
+                self._requests[rid] = request
+                entry.requests = _with(entry.requests, rid)
+                if request.status is _PENDING:
+                    entry.pending = _with(entry.pending, rid)
+                    self._pending[rid] = None
                 self._log(lambda r=request: self._unsave(r))  # type: ignore[misc]
                 continue
             if old.run_id != request.run_id:
-                self._requests[rid] = old
                 raise StoreError("store_constraint", f"request {rid!r} is of another run")
-            order = self._pending.get(rid)
-            if old.is_pending and not request.is_pending:
-                self._drop_pending(old)
-            elif request.is_pending and not old.is_pending:
-                self._add_pending(request, next(self._counter))
-            self._log(lambda o=old, r=request, n=order: self._restore(o, r, n))  # type: ignore[misc]
+            assert entry is not None
+            self._requests[rid] = request
+            self._repend(entry, old, request)
+            self._log(lambda o=old, r=request: self._restore(o, r))  # type: ignore[misc]
 
-    def _add_pending(self, request: PermissionRequest, order: int) -> None:
-        rid = request.request_id
-        if self._pending and order < next(reversed(self._pending.values())):
-            self._pending_sorted = False  # an undo puts a request back before newer ones
-        self._pending[rid] = order
-        _append(self._run_pending, request.run_id, rid)
-        listed = self._run_pending[request.run_id]
-        if len(listed) > 1 and self._pending[listed[-2]] > order:
-            listed.sort(key=self._pending.__getitem__)
+    def _repend(self, entry: _Entry, old: PermissionRequest, new: PermissionRequest) -> None:
+        """Keep the pending indexes right after `new` took the place of `old`."""
+        rid = new.request_id
+        if old.status is _PENDING and new.status is not _PENDING:
+            entry.pending = _without(entry.pending, rid)
+            self._unpended(rid)  # leaves self._pending at commit
+        elif new.status is _PENDING and old.status is not _PENDING:
+            entry.pending = _without(entry.pending, rid) if rid in _few(entry.pending) else None
+            entry.pending = _with(entry.pending, rid)
+            self._sort_run_pending(entry)
+            if rid not in self._pending:
+                self._pending[rid] = None
 
-    def _drop_pending(self, request: PermissionRequest) -> None:
-        del self._pending[request.request_id]
-        _remove(self._run_pending, request.run_id, request.request_id)
+    def _sort_run_pending(self, entry: _Entry) -> None:
+        if type(entry.pending) is list:
+            place = {rid: index for index, rid in enumerate(_few(entry.requests))}
+            entry.pending.sort(key=place.__getitem__)
 
     def _unsave(self, request: PermissionRequest) -> None:
         """Undo the insertion of a request."""
-        del self._requests[request.request_id]
-        _remove(self._run_requests, request.run_id, request.request_id)
-        if request.is_pending:
-            self._drop_pending(request)
+        rid = request.request_id
+        del self._requests[rid]
+        entry = self._runs[request.run_id]
+        entry.requests = _without(entry.requests, rid)
+        if request.status is _PENDING:
+            entry.pending = _without(entry.pending, rid)
+            self._pending.pop(rid, None)
+        if entry.run is None and entry.requests is None and entry.first_event is None:
+            del self._runs[request.run_id]
 
-    def _restore(self, old: PermissionRequest, new: PermissionRequest, order: int | None) -> None:
-        """Undo the replacement of `old` by `new` (`order`: old's place among the pending)."""
+    def _restore(self, old: PermissionRequest, new: PermissionRequest) -> None:
+        """Undo the replacement of `old` by `new`."""
         self._requests[old.request_id] = old
-        if new.is_pending and not old.is_pending:
-            self._drop_pending(new)
-        elif old.is_pending and not new.is_pending:
-            assert order is not None
-            self._add_pending(old, order)
+        entry = self._runs[old.run_id]
+        if old.status is _PENDING and new.status is not _PENDING:
+            entry.pending = _with(entry.pending, old.request_id)
+            self._sort_run_pending(entry)
+        elif new.status is _PENDING and old.status is not _PENDING:
+            entry.pending = _without(entry.pending, old.request_id)
 
     # -- policies ----------------------------------------------------------------
     def find_policy(self, user_id: str | None, tool: str) -> PermissionPolicy | None:
@@ -515,39 +728,160 @@ class MemoryStore(Store, Transaction):
 
     # -- events ------------------------------------------------------------------
     def append_events(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        start = len(self._event_ids)
+        links: list[tuple[str, _Entry, int | None, int | None]] = []
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = set()
+        runs, nexts = self._runs, self._event_next
         for event in events:
-            position = len(self._events)
-            self._events.append(event)
-            self._event_index[event.id] = position
-            _append(self._run_events, event.run_id, position)
-            self._changed.add(event.run_id)
-        if events:
-            self._log(lambda: self._drop_events(len(events)))
+            row = _event_row(event)
+            run_id = row[2]
+            entry = runs.get(run_id)
+            if entry is None:
+                entry = runs[run_id] = _Entry(None, next(self._counter))
+            position = len(nexts)
+            last = entry.last_event
+            links.append((run_id, entry, entry.first_event, last))
+            self._put_event(position, row)
+            if last is None:
+                entry.first_event = position
+            else:
+                nexts[last] = position
+            entry.last_event = position
+            changed.add(run_id)
+        self._log(lambda: self._drop_events(start, links))
 
-    def _drop_events(self, count: int) -> None:
-        for _ in range(count):
-            event = self._events.pop()
-            assert event is not None
-            del self._event_index[event.id]
-            _remove(self._run_events, event.run_id, len(self._events))
+    def _put_event(self, position: int, row: tuple[Any, ...]) -> None:
+        """Store an event (its `_event_row`) at `position`: the end of the log, or a hole
+        being refilled by an undo."""
+        event_id, type_, run_id, at, data = row
+        data = self._packer.pack(data)
+        if position == len(self._event_ids):
+            self._event_ids.append(event_id)
+            self._event_types.append(type_)
+            self._event_runs.append(run_id)
+            self._event_times.append(at)
+            self._event_data.append(data)
+            self._event_next.append(None)
+        else:
+            self._event_ids[position] = event_id
+            self._event_types[position] = type_
+            self._event_runs[position] = run_id
+            self._event_times[position] = at
+            self._event_data[position] = data
+        self._event_index[event_id] = position
+        self._event_count += 1
+
+    def _drop_events(
+        self, start: int, links: list[tuple[str, _Entry, int | None, int | None]]
+    ) -> None:
+        """Undo an append: cut the log back to `start` and relink the runs."""
+        for event_id in self._event_ids[start:]:
+            del self._event_index[event_id]  # type: ignore[arg-type]
+        self._event_count -= len(self._event_ids) - start
+        for column in (
+            self._event_ids,
+            self._event_types,
+            self._event_runs,
+            self._event_times,
+            self._event_data,
+            self._event_next,
+        ):
+            del column[start:]
+        for run_id, entry, first, last in reversed(links):
+            entry.first_event, entry.last_event = first, last
+            if last is not None:
+                self._event_next[last] = None
+            if entry.run is None and entry.requests is None and first is None:
+                self._runs.pop(run_id, None)
+
+    def _clear_event(self, position: int) -> None:
+        """Make a hole of a deleted run's event (its run's chain goes with the run)."""
+        event_id = self._event_ids[position]
+        assert event_id is not None
+        del self._event_index[event_id]
+        self._event_ids[position] = None
+        self._event_types[position] = None
+        self._event_runs[position] = None
+        self._event_times[position] = None
+        self._event_data[position] = None
+        self._event_count -= 1
 
     def _compact_events(self) -> None:
-        """Close the holes pruning left, once they are half the log (amortised O(1))."""
-        if self._holes * 2 <= len(self._events):
+        """Close the holes pruning left, once they are half the log (amortised O(1)):
+        every position changes, so the index and the runs' chains are rebuilt."""
+        size = len(self._event_ids)
+        if (size - self._event_count) * 2 <= size:
             return
-        old = (self._events, self._holes, self._event_index, self._run_events)
-        kept = [event for event in self._events if event is not None]
-        self._events = list(kept)
-        self._holes = 0
-        self._event_index = {event.id: pos for pos, event in enumerate(kept)}
-        self._run_events = {}
-        for pos, event in enumerate(kept):
-            _append(self._run_events, event.run_id, pos)
+        columns = (
+            self._event_ids,
+            self._event_types,
+            self._event_runs,
+            self._event_times,
+            self._event_data,
+            self._event_next,
+        )
+        chains = {
+            run_id: (entry.first_event, entry.last_event) for run_id, entry in self._runs.items()
+        }
+        index = self._event_index
+        kept = [pos for pos in range(size) if self._event_ids[pos] is not None]
+        self._event_ids = [self._event_ids[pos] for pos in kept]
+        self._event_types = [self._event_types[pos] for pos in kept]
+        self._event_runs = [self._event_runs[pos] for pos in kept]
+        self._event_times = [self._event_times[pos] for pos in kept]
+        self._event_data = [self._event_data[pos] for pos in kept]
+        self._event_next = [None] * len(kept)
+        self._event_index = {}
+        for entry in self._runs.values():
+            entry.first_event = entry.last_event = None
+        for position, event_id in enumerate(self._event_ids):
+            assert event_id is not None
+            self._event_index[event_id] = position
+            entry = self._runs[self._event_runs[position]]  # type: ignore[index]
+            if entry.last_event is None:
+                entry.first_event = position
+            else:
+                self._event_next[entry.last_event] = position
+            entry.last_event = position
 
         def undo() -> None:
-            self._events, self._holes, self._event_index, self._run_events = old
+            (
+                self._event_ids,
+                self._event_types,
+                self._event_runs,
+                self._event_times,
+                self._event_data,
+                self._event_next,
+            ) = columns
+            self._event_index = index
+            for run_id, (first, last) in chains.items():
+                self._runs[run_id].first_event, self._runs[run_id].last_event = first, last
 
         self._log(undo)
+
+    def _event_at(self, position: int) -> Event:
+        event_id, type_ = self._event_ids[position], self._event_types[position]
+        run_id, at = self._event_runs[position], self._event_times[position]
+        assert event_id is not None and type_ is not None and run_id is not None
+        assert at is not None
+        return _new_event(
+            id=event_id,
+            type=type_,
+            run_id=run_id,
+            created_at=at,
+            data=self._packer.unpack(self._event_data[position]),
+        )
+
+    def _positions(self, position: int | None) -> Iterable[int]:
+        """The positions of a run's events from `position` on (following the chain)."""
+        nexts = self._event_next
+        while position is not None:
+            yield position
+            position = nexts[position]
 
     def list_events(
         self, *, after: str | None, run_id: str | None, limit: int
@@ -557,22 +891,29 @@ class MemoryStore(Store, Transaction):
             if after not in self._event_index:
                 return None
             start = self._event_index[after] + 1
+        found: list[Event] = []
         if run_id is None:
-            found = []
-            for event in itertools.islice(self._events, start, None):
-                if event is not None:
-                    found.append(event)
+            ids = self._event_ids
+            for position in range(start, len(ids)):
+                if ids[position] is not None:
+                    found.append(self._event_at(position))
                     if len(found) == limit:
                         break
             return found
-        positions = self._run_events.get(run_id, [])
-        first = bisect.bisect_left(positions, start)
-        return [self._events[pos] for pos in positions[first : first + limit]]  # type: ignore[misc]
+        entry = self._runs.get(run_id)
+        if entry is None or entry.last_event is None or entry.last_event < start:
+            return found
+        for position in self._positions(entry.first_event):
+            if position >= start:
+                found.append(self._event_at(position))
+                if len(found) == limit:
+                    break
+        return found
 
     def last_event_id(self) -> str | None:
-        for event in reversed(self._events):
-            if event is not None:
-                return event.id
+        for event_id in reversed(self._event_ids):
+            if event_id is not None:
+                return event_id
         return None
 
     # -- webhooks ----------------------------------------------------------------
@@ -647,23 +988,28 @@ class MemoryStore(Store, Transaction):
     def _index_delivery(self, delivery: WebhookDelivery, order: int) -> None:
         self._deliveries[delivery.id] = delivery
         self._delivery_order[delivery.id] = order
-        self._endpoint_listing(delivery.endpoint_id).add(delivery.id)
-        _append(self._run_deliveries, delivery.run_id, delivery.id)
+        self._endpoint_listing(delivery.endpoint_id).add(delivery.id, order)
+        self._run_deliveries.setdefault(delivery.run_id, []).append(delivery.id)
         self._watch_delivery(delivery)
 
     def _endpoint_listing(self, endpoint_id: str) -> _Ordered:
         found = self._endpoint_deliveries.get(endpoint_id)
         if found is None:
-            found = self._endpoint_deliveries[endpoint_id] = _Ordered(self._delivery_order)
+            found = self._endpoint_deliveries[endpoint_id] = _Ordered(
+                self._delivery_order.__getitem__
+            )
         return found
 
     def _forget_delivery(self, delivery: WebhookDelivery) -> None:
         del self._deliveries[delivery.id]
         listing = self._endpoint_deliveries[delivery.endpoint_id]
-        listing.discard(delivery.id)
+        listing.discard(delivery.id, self._delivery_order[delivery.id])
         if not listing.ids:
             del self._endpoint_deliveries[delivery.endpoint_id]
-        _remove(self._run_deliveries, delivery.run_id, delivery.id)
+        of_run = self._run_deliveries[delivery.run_id]
+        of_run.remove(delivery.id)
+        if not of_run:
+            del self._run_deliveries[delivery.run_id]
         # the creation number stays: an undo puts the delivery back in its place
 
     def _replace_delivery(self, delivery: WebhookDelivery) -> None:
@@ -704,38 +1050,46 @@ class MemoryStore(Store, Transaction):
         return chosen, False
 
 
-class _Transaction:
-    """One transaction of a MemoryStore. Transactions do not nest."""
+_new_event = record_maker(Event)
+_event_row = row_writer(Event, ("id", "type", "run_id", "created_at", "data"))
 
-    __slots__ = ("store",)
 
-    def __init__(self, store: MemoryStore) -> None:
+class _Scope:
+    """A transaction of a MemoryStore (one object per kind, reused). Transactions do
+    not nest."""
+
+    __slots__ = ("store", "write")
+
+    def __init__(self, store: MemoryStore, write: bool) -> None:
         self.store = store
+        self.write = write
 
     def __enter__(self) -> MemoryStore:
         store = self.store
-        if store._owner == threading.get_ident():
+        me = threading.get_ident()
+        if store._owner == me:
             raise StoreError("store_nested", "memory store transactions do not nest")
         store._lock.acquire()
-        store._owner = threading.get_ident()
-        store._undo = []
-        store._changed = set()
+        store._owner = me
         return store
 
     def __exit__(self, kind: object, error: object, trace: object) -> None:
         store = self.store
-        undo = store._undo
-        assert undo is not None
-        changed: Iterable[str] = ()
+        undo, changed, unpend = store._undo, store._changed, store._unpend
+        store._undo = store._changed = store._unpend = None
         try:
             if kind is not None:
-                for step in reversed(undo):
-                    step()
-            else:
-                changed = store._changed
+                changed = None
+                if undo is not None:
+                    for step in reversed(undo):
+                        step()
+            elif unpend is not None:
+                pending, requests = store._pending, store._requests
+                for rid in unpend:
+                    request = requests.get(rid)
+                    if request is None or request.status is not _PENDING:
+                        pending.pop(rid, None)
         finally:
-            store._undo = None
-            store._changed = set()
             store._owner = None
             store._lock.release()
         if changed and store._listeners:
