@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import enum
 import json as _json
+import json.encoder
+import json.scanner
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -265,8 +267,33 @@ def from_row(cls: type[R], row: Mapping[str, Any]) -> R:
 
 # -- row_writer / row_reader: the same forms as tuples, compiled ------------------------
 
-_dumps = _json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-_loads = _json.loads
+def _unencodable(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# The C encoder and scanner of the standard library, made once: `json.dumps` and
+# `json.loads` build or look them up on every call, which costs more than a small value's
+# whole encoding. No check for cycles: record values are checked copies, never cyclic.
+_encode = _json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _unencodable, _json.encoder.encode_basestring, None, ":", ",", False, False, False
+)
+_scan = _json.scanner.c_make_scanner(_json.JSONDecoder())  # type: ignore[attr-defined]
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON text, UTF-8 kept as it is, no NaN or infinity (ValueError)."""
+    return "".join(_encode(value, 0))
+
+
+def _loads(text: str) -> Any:
+    """The value of JSON text (json.JSONDecodeError when it is not)."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        return _json.loads(text)  # raises the decoder's own error
+    if end != len(text):
+        return _json.loads(text)  # trailing text: accepted only as whitespace
+    return value
 _ROW_WRITERS: dict[tuple[Any, ...], Callable[[Any], tuple[Any, ...]]] = {}
 _ROW_READERS: dict[tuple[Any, ...], Callable[[Sequence[Any]], Any]] = {}
 
@@ -282,14 +309,15 @@ def _fields(cls: type, names: Sequence[str]) -> dict[str, attrs.Attribute[Any]]:
 
 
 def row_writer(
-    cls: type[Any], names: Sequence[str], json: Collection[str] = ()
+    cls: type[Any], names: Sequence[str], json: Collection[str] = (), *, int_bools: bool = False
 ) -> Callable[[Any], tuple[Any, ...]]:
     """A function that turns a record of `cls` into a tuple of the fields `names`, in that
     order, in their row form (as `to_row` gives them), with the fields in `json` as
-    compact JSON text (`to_json`; None stays None). Compiled once per arguments: the
-    fast way to make a statement's parameters. Values that are not JSON text are the
-    record's own: never change them."""
-    key = (cls, tuple(names), frozenset(json))
+    compact JSON text (`to_json`; None stays None), and with `int_bools` booleans as 0
+    and 1 (what SQLite keeps; `sqlite3` binds an int much faster than a bool). Compiled
+    once per arguments: the fast way to make a statement's parameters. Values that are
+    not JSON text are the record's own: never change them."""
+    key = (cls, tuple(names), frozenset(json), int_bools)
     writer = _ROW_WRITERS.get(key)
     if writer is None:
         fields = _fields(cls, names)
@@ -303,6 +331,10 @@ def row_writer(
                 value += ".value"
             elif kind == "names":
                 value = f"_sorted({value})" if "frozenset" in str(field.type) else f"_list({value})"
+            elif int_bools and kind == "bool":
+                value = f"(1 if {value} else 0)"
+            elif int_bools and kind == "bool?":
+                value = f"(None if {value} is None else 1 if {value} else 0)"
             if name in json:
                 if kind == "names":  # usually empty
                     value = f"(_dumps({value}) if record.{field.name} else '[]')"
@@ -332,14 +364,15 @@ def _width(cls: type, row: Sequence[Any], width: int) -> StoreError:
 
 
 def row_reader(
-    cls: type[R], names: Sequence[str], json: Collection[str] = ()
+    cls: type[R], names: Sequence[str], json: Collection[str] = (), *, offset: int = 0
 ) -> Callable[[Sequence[Any]], R]:
     """The inverse of `row_writer`: a function that rebuilds a record of `cls` from a
     sequence of the fields `names` (the `json` ones as JSON text), checking every value
     as `from_row` does (StoreError('store_corrupt') for a wrong one). Fields not named
-    take their defaults; every field without a default must be named. The decoded JSON
-    values become the record's own."""
-    key = (cls, tuple(names), frozenset(json))
+    take their defaults; every field without a default must be named. With an `offset`,
+    the fields start at that index (a store's own columns, such as a sequence number,
+    may come first). The decoded JSON values become the record's own."""
+    key = (cls, tuple(names), frozenset(json), offset)
     reader = _ROW_READERS.get(key)
     if reader is None:
         fields = _fields(cls, names)
@@ -362,11 +395,13 @@ def row_reader(
             "_float": float,
             "_dict": dict,
         }
+        skipped = "".join("_, " for _ in range(offset))
+        width = offset + len(names)
         lines = [
             "def from_row(row):",
-            f"    if len(row) != {len(names)}:",
-            f"        raise _width(cls, row, {len(names)})",
-            f"    ({''.join(f'v{index}, ' for index in range(len(names)))}) = row",
+            f"    if len(row) != {width}:",
+            f"        raise _width(cls, row, {width})",
+            f"    ({skipped}{''.join(f'v{index}, ' for index in range(len(names)))}) = row",
             "    new = _new(cls)",
         ]
         position = {name: index for index, name in enumerate(names)}
@@ -414,7 +449,7 @@ def row_reader(
             elif kind == "enum":
                 members = _ENUMS[str(field.type)]
                 namespace[f"members_{field.name}"] = {m.value: m for m in members}
-                raw, wanted = f"row[{position[name]}]", f"a {members.__name__}"
+                raw, wanted = f"row[{offset + position[name]}]", f"a {members.__name__}"
                 lines += [
                     f"    {v} = members_{field.name}.get({v}) if isinstance({v}, _str) else None",
                     f"    if {v} is None:",

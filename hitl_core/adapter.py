@@ -5,7 +5,6 @@ docs/adapters.md walks through writing one."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ._engine import open_store
@@ -35,7 +34,7 @@ from ._records import (
     WebhookEndpoint,
 )
 from ._records import maker as record_maker
-from ._rows import RECORDS, field_names, from_row, row_reader, row_writer, to_row
+from ._rows import RECORDS, _dumps, _loads, field_names, from_row, row_reader, row_writer, to_row
 from ._store import ChangeListener, Store, Transaction
 
 __all__ = [
@@ -80,16 +79,13 @@ __all__ = [
     "to_row",
 ]
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
 def to_json(value: Any) -> str:
     """Compact JSON text for a record's JSON value (as `to_row` gives it). Text stays
     UTF-8 rather than escaped, so a string that has no UTF-8 form fails where it is
-    stored instead of being altered."""
-    return _encode(value)
+    stored instead of being altered. Made for record values, which are never cyclic."""
+    return _dumps(value)
 
 
 def from_json(text: str) -> Any:
     """The value `to_json` wrote."""
-    return json.loads(text)
+    return _loads(text)

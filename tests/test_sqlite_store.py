@@ -909,12 +909,12 @@ def test_webhook_records_round_trip_and_agree_with_memory(tmp_path: Path) -> Non
 
 def _version_1_file(path: Path) -> None:
     """A database as hitl-core 0.1 wrote it: schema version 1, one paused run."""
-    from hitl_sqlite._schema import APPLICATION, SCHEMA
+    from hitl_sqlite._schema import APPLICATION, SCHEMA_V1
 
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("BEGIN")
-    for statement in SCHEMA:
+    for statement in SCHEMA_V1:
         db.execute(statement)
     db.executemany(
         "INSERT INTO hitl_meta (key, value) VALUES (?, ?)",

@@ -57,6 +57,11 @@ BUSY_ATTEMPTS = 8
 """How many times a busy BEGIN IMMEDIATE is tried before StoreError('store_busy')."""
 BACKOFF_FIRST = 0.002
 BACKOFF_MAX = 0.2
+DECODED_CACHE = 4096
+"""Records per connection kept with the row they were decoded from (see `_decode`)."""
+STATEMENT_CACHE = 1024
+"""Prepared statements kept per connection (the pattern-policy lookup has one per tool
+name length, up to 257, beside the store's fixed statements)."""
 LOCK_WAIT = 60.0
 """Seconds a thread waits for its own process's writer lock before 'store_busy'."""
 
@@ -135,10 +140,11 @@ def store_error(error: sqlite3.Error, doing: str, path: str) -> StoreError:
 class _Session:
     """One connection, its transaction object, and whether a transaction is open on it."""
 
-    __slots__ = ("active", "db", "holds_writer", "thread", "tx")
+    __slots__ = ("active", "control", "db", "holds_writer", "thread", "tx")
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.control = db.cursor()  # BEGIN, COMMIT, ROLLBACK (no new cursor for each)
         self.tx = SqliteTransaction(db)
         self.active = False
         self.holds_writer = False
@@ -179,7 +185,9 @@ class SqliteStore(Store):
 
     # -- opening -----------------------------------------------------------------------
     def _open_memory(self) -> sqlite3.Connection:
-        db = sqlite3.connect(MEMORY, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            MEMORY, isolation_level=None, check_same_thread=False, cached_statements=STATEMENT_CACHE
+        )
         try:
             db.execute("BEGIN IMMEDIATE")
             create_schema(db)
@@ -266,7 +274,11 @@ class SqliteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+                self.path,
+                timeout=BUSY_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=STATEMENT_CACHE,
             )
         except sqlite3.Error as error:
             raise StoreError(
@@ -322,7 +334,7 @@ class SqliteStore(Store):
         busy); a read one is a deferred BEGIN, one consistent snapshot."""
         return _Scope(self, write)
 
-    def _begin_immediate(self, db: sqlite3.Connection) -> None:
+    def _begin_immediate(self, db: sqlite3.Cursor) -> None:
         delay = BACKOFF_FIRST
         for attempt in range(BUSY_ATTEMPTS):
             try:
@@ -398,16 +410,16 @@ class _Scope(AbstractContextManager[Transaction]):
             self._hold_writer(session)
         try:
             if self._write:
-                store._begin_immediate(session.db)
+                store._begin_immediate(session.control)
             else:
-                session.db.execute("BEGIN")
+                session.control.execute("BEGIN")
         except BaseException as error:
             self._release(session)
             if isinstance(error, sqlite3.Error):
                 raise store_error(error, "starting a transaction", store.path) from error
             raise
         session.active = True
-        session.tx.changed = set()
+        session.tx.begin()
         self._session = session
         return session.tx
 
@@ -434,7 +446,7 @@ class _Scope(AbstractContextManager[Transaction]):
         session = self._session
         assert session is not None
         store = self._store
-        db = session.db
+        db = session.control
         changed = session.tx.changed
         try:
             if exc is None:
@@ -457,29 +469,66 @@ class _Scope(AbstractContextManager[Transaction]):
                 "invalid_request", f"text that cannot be stored as UTF-8: {exc}"
             ) from exc
 
-    def _run(self, db: sqlite3.Connection, sql: str, doing: str) -> None:
+    def _run(self, db: sqlite3.Cursor, sql: str, doing: str) -> None:
         try:
             db.execute(sql)
         except sqlite3.Error as error:
             raise store_error(error, doing, self._store.path) from error
 
 
-def _quiet(db: sqlite3.Connection, sql: str) -> None:
+def _quiet(db: sqlite3.Connection | sqlite3.Cursor, sql: str) -> None:
     """Run a rollback statement; a failure there must not hide the error being raised."""
     with suppress(sqlite3.Error):
         db.execute(sql)
 
 
-class SqliteTransaction(Transaction):
-    """The port's reads and writes on one connection inside an open transaction."""
+def _remember(
+    decoded: dict[str, tuple[tuple[Any, ...], Any]], row: tuple[Any, ...], record: Any
+) -> None:
+    """Keep `record` as the decoding of `row` (a row of `seq, id, ...`)."""
+    if len(decoded) >= DECODED_CACHE:
+        decoded.clear()
+    decoded[row[1]] = (row, record)
 
-    __slots__ = ("_execute", "_executemany", "changed")
+
+class SqliteTransaction(Transaction):
+    """The port's reads and writes on one connection inside an open transaction.
+
+    Within a transaction it remembers the runs and requests it read or wrote (their seq
+    and stored row): the engine updates what it has just read, so an update is found by
+    its rowid and sets only the columns that changed, and the rows it inserts for a run
+    name the run's seq without looking it up. Forgotten when the next transaction
+    begins (`begin`)."""
+
+    __slots__ = (
+        "_decoded_requests",
+        "_decoded_runs",
+        "_execute",
+        "_executemany",
+        "_requests",
+        "_runs",
+        "changed",
+    )
 
     def __init__(self, db: sqlite3.Connection) -> None:
-        self._execute = db.execute
-        self._executemany = db.executemany
+        cursor = db.cursor()
+        self._execute = cursor.execute
+        self._executemany = cursor.executemany
         self.changed: set[str] = set()
         """The runs whose events this transaction appended (told to listeners on commit)."""
+        self._runs: dict[str, tuple[int, Run, tuple[Any, ...]]] = {}
+        self._requests: dict[str, tuple[int, tuple[Any, ...]]] = {}
+        # Across transactions: the records last decoded from (or written as) each row, by
+        # id, with that row. A row read again unchanged gives the same immutable record
+        # back without decoding it again.
+        self._decoded_runs: dict[str, tuple[tuple[Any, ...], Any]] = {}
+        self._decoded_requests: dict[str, tuple[tuple[Any, ...], Any]] = {}
+
+    def begin(self) -> None:
+        """Forget what the last transaction saw."""
+        self.changed = set()
+        self._runs.clear()
+        self._requests.clear()
 
     # A string that cannot be encoded as UTF-8 (a lone surrogate) cannot be stored, so a
     # lookup by one finds nothing, as in the memory store; writing one is refused.
@@ -495,52 +544,107 @@ class SqliteTransaction(Transaction):
         except UnicodeEncodeError:
             return []
 
+    @staticmethod
+    def _decode(
+        row: tuple[Any, ...],
+        decode: Callable[[tuple[Any, ...]], Any],
+        decoded: dict[str, tuple[tuple[Any, ...], Any]],
+    ) -> Any:
+        """The record of a row of `seq, id, ...` (reused while the row is unchanged)."""
+        known = decoded.get(row[1])
+        if known is not None and known[0] == row:
+            return known[1]
+        record = decode(row)
+        _remember(decoded, row, record)
+        return record
+
     # runs
+    def _run(self, row: tuple[Any, ...]) -> Run:
+        run: Run = self._decode(row, q.RUN.decode, self._decoded_runs)
+        self._runs[run.id] = (row[0], run, row[1:])
+        return run
+
+    def _runs_of(self, sql: str, params: Sequence[Any]) -> list[Run]:
+        return [self._run(row) for row in self._all(sql, params)]
+
+    def _run_seq(self, run_id: str) -> int | None:
+        known = self._runs.get(run_id)
+        if known is not None:
+            return known[0]
+        row = self._one(q.RUN_SEQ, (run_id,))
+        return None if row is None else int(row[0])
+
     def get_run(self, run_id: str) -> Run | None:
+        known = self._runs.get(run_id)
+        if known is not None:
+            return known[1]
         row = self._one(q.GET_RUN, (run_id,))
-        return None if row is None else q.RUN.decode(row)
+        return None if row is None else self._run(row)
 
     def list_runs(
         self, *, user_id: str | None, status: str | None, limit: int, starting_after: str | None
     ) -> tuple[list[Run], bool] | None:
         after = 0
         if starting_after is not None:
-            found = self._one(q.RUN_SEQ, (starting_after,))
+            found = self._run_seq(starting_after)
             if found is None:
                 return None
-            after = found[0]
+            after = found
         params: list[Any] = [after]
         if user_id is not None:
             params.append(user_id)
         if status is not None:
             params.append(str(status))
         params.append(limit + 1)
-        sql = q.LIST_RUNS[(user_id is not None, status is not None)]
-        rows = self._all(sql, params)
-        return [q.RUN.decode(row) for row in rows[:limit]], len(rows) > limit
+        runs = self._runs_of(q.LIST_RUNS[(user_id is not None, status is not None)], params)
+        return runs[:limit], len(runs) > limit
 
     def due_runs(self, now: float, limit: int) -> list[Run]:
-        return [q.RUN.decode(row) for row in self._all(q.DUE_RUNS, (now, limit))]
+        if self._one(q.ANY_DUE, (now,)) is None:  # the usual case, one small column
+            return []
+        return self._runs_of(q.DUE_RUNS, (now, limit))
 
     def claimable_runs(self, now: float, limit: int) -> list[Run]:
-        return [q.RUN.decode(row) for row in self._all(q.CLAIMABLE_RUNS, (now, limit))]
+        return self._runs_of(q.CLAIMABLE_RUNS, (now, limit))
 
     def ended_runs(self, before: float, limit: int) -> list[str]:
         return [row[0] for row in self._all(q.ENDED_RUNS, (before, limit))]
 
     def delete_runs(self, run_ids: Sequence[str]) -> None:
-        for start in range(0, len(run_ids), 500):
-            chunk = tuple(run_ids[start : start + 500])
+        for start in range(0, len(run_ids), 300):
+            chunk = tuple(run_ids[start : start + 300])
             for sql in q.delete_runs(len(chunk)):
                 self._execute(sql, chunk)
+        self._runs.clear()
+        self._requests.clear()
 
     def insert_run(self, run: Run) -> None:
-        self._execute(q.INSERT_RUN, q.RUN.encode(run))
+        row = q.RUN.encode(run)
+        cursor = self._execute(q.INSERT_RUN, row)
+        seq = int(cursor.lastrowid or 0)
+        self._runs[run.id] = (seq, run, row)
+        _remember(self._decoded_runs, (seq, *row), run)
 
     def update_run(self, run: Run) -> None:
-        cursor = self._execute(q.UPDATE_RUN, (*q.RUN.encode(run), run.version - 1))
+        known = self._runs.get(run.id)
+        row = q.RUN.encode(run)
+        if known is None:
+            params = [row[q.RUN_POSITION[name]] for name in q.RUN_CHANGING]
+            cursor = self._execute(q.UPDATE_RUN_BY_ID, (*params, run.id, run.version - 1))
+            if cursor.rowcount != 1:
+                raise ConflictError("concurrent_update", f"run {run.id} was changed concurrently")
+            return
+        seq, old, stored = known
+        if old.version != run.version - 1:
+            raise ConflictError("concurrent_update", f"run {run.id} was changed concurrently")
+        changed = [i for i in q.RUN_CHANGING_AT if row[i] != stored[i]]
+        columns = tuple(q.RUN.names[i] for i in changed)
+        params = [row[i] for i in changed]
+        cursor = self._execute(q.update_run(columns), (*params, seq, run.version - 1))
         if cursor.rowcount != 1:
             raise ConflictError("concurrent_update", f"run {run.id} was changed concurrently")
+        self._runs[run.id] = (seq, run, row)
+        _remember(self._decoded_runs, (seq, *row), run)
 
     # idempotency keys
     def get_idempotency_key(self, key: str) -> IdempotencyKey | None:
@@ -551,39 +655,87 @@ class SqliteTransaction(Transaction):
         self._execute(q.INSERT_KEY, q.KEY.encode(key))
 
     # requests
+    def _request(self, row: tuple[Any, ...]) -> PermissionRequest:
+        request: PermissionRequest = self._decode(row, q.REQUEST.decode, self._decoded_requests)
+        self._requests[request.request_id] = (row[0], row[1:])
+        return request
+
     def get_request(self, request_id: str) -> PermissionRequest | None:
         row = self._one(q.GET_REQUEST, (request_id,))
-        return None if row is None else q.REQUEST.decode(row)
+        return None if row is None else self._request(row)
 
     def list_requests(self, run_id: str, *, pending_only: bool = False) -> list[PermissionRequest]:
         sql = q.RUN_PENDING_REQUESTS if pending_only else q.RUN_REQUESTS
-        return [q.REQUEST.decode(row) for row in self._all(sql, (run_id,))]
+        return [self._request(row) for row in self._all(sql, (run_id,))]
 
     def pending_requests(self, limit: int) -> list[PermissionRequest]:
-        rows = self._all(q.PENDING_REQUESTS, (limit,))
-        return [q.REQUEST.decode(row) for row in rows]
+        return [self._request(row) for row in self._all(q.PENDING_REQUESTS, (limit,))]
 
     def save_requests(self, requests: Sequence[PermissionRequest]) -> None:
-        if len(requests) == 1:
-            self._execute(q.SAVE_REQUEST, q.REQUEST.encode(requests[0]))
-        elif requests:
-            self._executemany(q.SAVE_REQUEST, [q.REQUEST.encode(r) for r in requests])
+        for request in requests:
+            row = q.REQUEST.encode(request)
+            known = self._requests.get(request.request_id)
+            if known is None:
+                known = self._insert_request(request, row)
+                if known is None:
+                    continue
+            seq, stored = known
+            if stored[q.REQUEST_RUN] != request.run_id:
+                raise StoreError(
+                    "store_constraint", f"request {request.request_id!r} is of another run"
+                )
+            changed = [i for i in q.REQUEST_CHANGING_AT if row[i] != stored[i]]
+            if changed:
+                columns = tuple(q.REQUEST.names[i] for i in changed)
+                self._execute(q.update_request(columns), (*(row[i] for i in changed), seq))
+            self._requests[request.request_id] = (seq, row)
+            _remember(self._decoded_requests, (seq, *row), request)
+
+    def _insert_request(
+        self, request: PermissionRequest, row: tuple[Any, ...]
+    ) -> tuple[int, tuple[Any, ...]] | None:
+        """Insert a request this transaction has not seen; None when it was new, else the
+        stored one's seq and row (it is then updated)."""
+        run_seq = self._run_seq(request.run_id)
+        if run_seq is None:
+            raise StoreError(
+                "store_constraint", f"request {request.request_id!r} names no stored run"
+            )
+        params = list(row)
+        params[q.REQUEST_RUN] = run_seq
+        try:
+            cursor = self._execute(q.INSERT_REQUEST, params)
+        except sqlite3.IntegrityError:
+            stored = self._one(q.GET_REQUEST, (request.request_id,))
+            if stored is None:
+                raise
+            return stored[0], stored[1:]
+        seq = int(cursor.lastrowid or 0)
+        self._requests[request.request_id] = (seq, row)
+        _remember(self._decoded_requests, (seq, *row), request)
+        return None
 
     # policies
     def find_policy(self, user_id: str | None, tool: str) -> PermissionPolicy | None:
         row = self._one(q.FIND_POLICY, (q.scope(user_id), tool))
-        return None if row is None else q.policy_from_row(row)
+        return None if row is None else q.POLICY.decode(row)
 
     def get_policy(self, policy_id: str) -> PermissionPolicy | None:
         row = self._one(q.GET_POLICY, (policy_id,))
-        return None if row is None else q.policy_from_row(row)
+        return None if row is None else q.POLICY.decode(row)
 
     def candidate_policies(self, user_id: str | None, tool_name: str) -> list[PermissionPolicy]:
-        exact = self.find_policy(user_id, tool_name)
-        found = [] if exact is None else [exact]
-        heads = prefixes(tool_name)  # tool names are at most 256 characters long
-        rows = self._all(q.pattern_policies(len(heads)), (q.scope(user_id), *heads))
-        found.extend(q.policy_from_row(row) for row in rows)
+        key = q.scope(user_id)
+        found, patterns = [], False
+        for row in self._all(q.EXACT_POLICY_AND_PATTERNS, (key, tool_name)):
+            if row[0]:
+                found.append(q.EXACT_POLICY(row))
+            else:
+                patterns = True
+        if patterns:
+            heads = prefixes(tool_name)  # tool names are at most 256 characters long
+            rows = self._all(q.pattern_policies(len(heads)), (key, *heads))
+            found.extend(q.POLICY.decode(row) for row in rows)
         return found
 
     def list_policies(
@@ -597,7 +749,7 @@ class SqliteTransaction(Transaction):
                 return None
             after = found[0]
         rows = self._all(q.LIST_POLICIES, (key, after, limit + 1))
-        return [q.policy_from_row(row) for row in rows[:limit]], len(rows) > limit
+        return [q.POLICY.decode(row) for row in rows[:limit]], len(rows) > limit
 
     def insert_policy(self, policy: PermissionPolicy) -> None:
         self._execute(q.INSERT_POLICY, q.policy_params(policy))
@@ -615,11 +767,13 @@ class SqliteTransaction(Transaction):
 
     # events
     def append_events(self, events: Sequence[Event]) -> None:
-        self.changed.update(event.run_id for event in events)
-        if len(events) == 1:
-            self._execute(q.INSERT_EVENT, q.EVENT.encode(events[0]))
-        elif events:
-            self._executemany(q.INSERT_EVENT, [q.EVENT.encode(event) for event in events])
+        for event in events:
+            event_id, type_, run_id, at, data = q.event_params(event)
+            run_seq = self._run_seq(run_id)
+            if run_seq is None:
+                raise StoreError("store_constraint", f"event {event_id!r} names no stored run")
+            self._execute(q.INSERT_EVENT, (event_id, type_, run_seq, at, data))
+            self.changed.add(run_id)
 
     def list_events(
         self, *, after: str | None, run_id: str | None, limit: int
@@ -634,7 +788,7 @@ class SqliteTransaction(Transaction):
             rows = self._all(q.LIST_EVENTS, (start, limit))
         else:
             rows = self._all(q.LIST_RUN_EVENTS, (run_id, start, limit))
-        return [q.EVENT.decode(row) for row in rows]
+        return [q.event_from_row(row) for row in rows]
 
     def last_event_id(self) -> str | None:
         row = self._one(q.LAST_EVENT, ())

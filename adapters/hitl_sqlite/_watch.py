@@ -25,7 +25,10 @@ BATCH = 1000
 
 _LAST = "SELECT seq, id FROM events ORDER BY seq DESC LIMIT 1"
 _AT = "SELECT id FROM events WHERE seq = ?"
-_SINCE = "SELECT seq, id, run_id FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+_SINCE = (
+    "SELECT e.seq, e.id, r.id FROM events AS e JOIN runs AS r ON r.seq = e.run_seq "
+    "WHERE e.seq > ? ORDER BY e.seq LIMIT ?"
+)
 
 
 class Watcher:
