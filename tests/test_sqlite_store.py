@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from hitl_core._records import (
     Event,
     PermissionPolicy,
     PermissionRequest,
+    RequestStatus,
     Run,
     Task,
     WebhookDelivery,
@@ -979,3 +981,156 @@ def test_processes_opening_an_old_file_together_upgrade_it_once(tmp_path: Path) 
     outputs = [process.communicate(timeout=60)[0].strip() for process in processes]
     assert outputs == ["awaiting_approval"] * 4
     assert [process.returncode for process in processes] == [0] * 4
+
+
+def test_a_version_1_file_keeps_its_events_and_requests_order(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _version_1_file(path)
+    db = sqlite3.connect(path)
+    db.execute(
+        "INSERT INTO events (id, type, run_id, created_at, data) VALUES "
+        "('evt_a', 'run.started', 'run_old', 10.0, '{}'), "
+        "('evt_b', 'run.awaiting_input', 'run_old', 11.0, "
+        '\'{"request_id":"req_old","kind":"tool","tool_name":"deploy"}\')'
+    )
+    db.commit()
+    db.close()
+    hitl = hitl_core.connect(url(path), clock=ManualClock(start=20.0))
+    events = hitl.events.list(run_id="run_old")
+    assert [(e.id, e.data) for e in events] == [
+        ("evt_a", {}),
+        ("evt_b", {"request_id": "req_old", "kind": "tool", "tool_name": "deploy"}),
+    ]
+    assert [r.request_id for r in hitl.runs.pending()] == ["req_old"]
+    hitl.runs.approve("run_old", request_id="req_old")
+    assert hitl.events.list(after="evt_b")[0].data["status"] == "allowed"
+    hitl.close()
+
+
+# -- the version 2 schema -----------------------------------------------------------------
+
+
+def _statements() -> dict[str, str]:
+    """Every SQL statement the store runs (module constants and the generated ones)."""
+    from hitl_sqlite import _rows
+
+    found = {
+        name: value
+        for name, value in vars(_rows).items()
+        if name.isupper()
+        and isinstance(value, str)
+        and value.split()[0] in ("SELECT", "INSERT", "UPDATE", "DELETE")
+    }
+    found.update({f"LIST_RUNS{key}": sql for key, sql in _rows.LIST_RUNS.items()})
+    found["update_run"] = _rows.update_run(("status", "updated_at", "deadline", "version"))
+    found["update_request"] = _rows.update_request(("status", "resolved_at", "decision"))
+    found["pattern_policies"] = _rows.pattern_policies(3)
+    found.update({f"delete_runs{n}": sql for n, sql in enumerate(_rows.delete_runs(2))})
+    return found
+
+
+def _plan(db: sqlite3.Connection, sql: str) -> tuple[str, list[str]]:
+    """The query plan's text and the program's opcodes of a statement."""
+    numbered = [int(n) for n in re.findall(r"\?(\d+)", sql)]
+    params = [None] * (max(numbered) if numbered else sql.count("?"))
+    plan = " | ".join(str(row[3]) for row in db.execute("EXPLAIN QUERY PLAN " + sql, params))
+    return plan, [str(row[1]) for row in db.execute("EXPLAIN " + sql, params)]
+
+
+def test_every_index_is_read_by_a_statement_and_no_write_builds_a_temporary_table(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.db"
+    hitl_core.connect(url(path)).close()
+    db = sqlite3.connect(path)
+    indexes = {
+        name
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        if not name.startswith("sqlite_autoindex")  # the UNIQUE constraints themselves
+    }
+    used = set()
+    for name, sql in _statements().items():
+        plan, opcodes = _plan(db, sql)
+        used |= {index for index in indexes if re.search(rf"\b{index}\b", plan)}
+        if sql.startswith(("INSERT", "UPDATE")):
+            assert "OpenEphemeral" not in opcodes, f"{name} builds a temporary table"
+    db.close()
+    # every index answers a query (the flat reads of docs/sqlite-store.md); the unique
+    # one on (scope, tool_name) also keeps one policy per scope and tool
+    assert indexes == used | {"policies_by_scope_tool"}, indexes - used
+
+
+def test_requests_and_events_need_a_stored_run(tmp_path: Path) -> None:
+    store = hitl_sqlite.open_store(url(tmp_path / "h.db"))
+    request = PermissionRequest(
+        request_id="req_lost",
+        run_id="run_missing",
+        kind="tool",
+        tool_name="t",
+        tool_input={},
+        status=RequestStatus.PENDING,
+        created_at=1.0,
+    )
+    event = Event(id="evt_lost", type="run.started", run_id="run_missing", created_at=1.0)
+    try:
+        for write in (lambda tx: tx.save_requests([request]), lambda tx: tx.append_events([event])):
+            with pytest.raises(StoreError) as caught, store.transaction(write=True) as tx:
+                write(tx)
+            assert caught.value.code == "store_constraint"
+        with store.transaction(write=False) as tx:
+            assert tx.get_request("req_lost") is None
+            assert tx.list_events(after=None, run_id=None, limit=10) == []
+    finally:
+        store.close()
+
+
+def test_a_row_changed_by_another_connection_is_read_anew(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    hitl = hitl_core.connect(url(path))
+    run = hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
+    gate = hitl.agent(run.id).request_tool("deploy")
+    assert hitl.runs.get(run.id).error is None  # decoded, and kept with its row
+    db = sqlite3.connect(path)  # another writer changes the row, not its version
+    db.execute("UPDATE runs SET error = 'set elsewhere' WHERE id = ?", (run.id,))
+    db.execute("UPDATE requests SET reason = 'why' WHERE request_id = ?", (gate.request_id,))
+    db.commit()
+    db.close()
+    assert hitl.runs.get(run.id).error == "set elsewhere"
+    assert hitl.agent(run.id).result(gate.request_id).reason == "why"  # type: ignore[arg-type]
+    hitl.close()
+
+
+def test_event_data_of_every_shape_comes_back_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    shapes = [
+        {},
+        {"human_in_the_loop": True, "permission_mode": "plan", "user_id": "u", "task_id": None},
+        {"request_id": "req_1", "kind": "question", "tool_name": "AskUserQuestion"},
+        {"kind": "tool", "request_id": "req_1", "tool_name": "t"},  # another key order
+        {"error": "boom"},
+        {"error": "boom", "more": [1, {"deep": None}]},
+        {
+            "request_id": "r",
+            "kind": "tool",
+            "status": "denied",
+            "decision": "deny",
+            "source": "human",
+        },
+    ]
+    store = hitl_sqlite.open_store(url(path))
+    try:
+        with store.transaction(write=True) as tx:
+            tx.insert_run(new_run("run_e"))
+            tx.append_events(
+                [
+                    Event(id=f"evt_{n}", type="t", run_id="run_e", created_at=1.0, data=data)
+                    for n, data in enumerate(shapes)
+                ]
+            )
+        with store.transaction(write=False) as tx:
+            events = tx.list_events(after=None, run_id="run_e", limit=20)
+            assert events is not None
+            assert [e.data for e in events] == shapes
+            assert [list(e.data) for e in events] == [list(data) for data in shapes]
+    finally:
+        store.close()
