@@ -87,3 +87,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         code, err = server.stop()
         assert code == 0, err
         assert "Traceback" not in err, err
+
+
+# The PostgreSQL server and a fresh schema per test (tests/postgres_server.py).
+from postgres_server import pg_server, pg_url  # noqa: E402, F401
