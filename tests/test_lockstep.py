@@ -1,6 +1,7 @@
 """Lock-step: hypothesis drives the same random program through a memory engine and a
 SQLite engine (a real file) with equal ManualClocks and id sources; every step must
-give equal results (records, refusals with their codes, events)."""
+give equal results (records, refusals with their codes, events). Subclasses compare
+the memory store with another one (`other_url`): test_postgres_lockstep.py."""
 
 from __future__ import annotations
 
@@ -40,11 +41,15 @@ class LockStepMachine(RuleBasedStateMachine):
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory()
         self.clocks = [hitl_core.ManualClock(start=0.0), hitl_core.ManualClock(start=0.0)]
-        urls = ["memory://", f"sqlite:///{Path(self.tmp.name) / 'h.db'}?synchronous=NORMAL"]
+        urls = ["memory://", self.other_url()]
         self.created = 0
         self.engines = []
         for url, clock in zip(urls, self.clocks, strict=True):
             self.engines.append(hitl_core.connect(url, clock=clock, ids=counter_ids()))
+
+    def other_url(self) -> str:
+        """The store compared with the memory store: an SQLite file here."""
+        return f"sqlite:///{Path(self.tmp.name) / 'h.db'}?synchronous=NORMAL"
 
     def teardown(self) -> None:
         for engine in self.engines:
