@@ -1,8 +1,10 @@
 """hitl-core: human-in-the-loop control of AI-agent runs as an embeddable, framework-free
 library. `connect(url)` gives the engine; everything else here is its vocabulary."""
 
+from ._agent import Agent
+from ._catalog import Events, Permissions, Tasks
 from ._clock import Clock, ManualClock, SystemClock
-from ._engine import Agent, Events, Hitl, Permissions, Runs, Tasks, connect
+from ._engine import Hitl, connect
 from ._errors import (
     ConflictError,
     HitlError,
@@ -12,10 +14,12 @@ from ._errors import (
     ValidationError,
 )
 from ._outbox import Outgoing, Webhooks
+from ._person import Runs
 from ._records import (
     AnswerResult,
     ApproveResult,
     Event,
+    Lease,
     Page,
     PermissionPolicy,
     PermissionRequest,
@@ -39,6 +43,7 @@ __all__ = [
     "Events",
     "Hitl",
     "HitlError",
+    "Lease",
     "ManualClock",
     "NotFoundError",
     "Outgoing",

@@ -3,8 +3,11 @@ and passes the reading down as a plain number."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from ._errors import ValidationError
@@ -32,10 +35,15 @@ class SystemClock:
 
 
 class ManualClock:
-    """A clock that moves only when told to: for tests and simulations."""
+    """A clock that moves only when told to: for tests and simulations. Waits on an
+    engine with this clock (`Agent.wait`) take no real time: they end when `advance`
+    moves the clock past their deadline or timeout, or when what they wait for happens."""
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = _seconds(start, "start")
+        self._listeners: dict[int, Callable[[float], None]] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
 
     def now(self) -> float:
         """The clock's current reading."""
@@ -46,8 +54,26 @@ class ManualClock:
         step = _seconds(seconds, "seconds")
         if step < 0:
             raise ValidationError("invalid_request", "a clock cannot go backwards")
-        self._now += step
-        return self._now
+        with self._lock:
+            self._now += step
+            now = self._now
+            listeners = list(self._listeners.values())
+        for listener in listeners:
+            listener(now)
+        return now
+
+    def subscribe(self, listener: Callable[[float], None]) -> Callable[[], None]:
+        """Call `listener(now)` after every `advance`, until the returned function is
+        called. Engines use it to end waits whose time has come."""
+        key = next(self._ids)
+        with self._lock:
+            self._listeners[key] = listener
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners.pop(key, None)
+
+        return unsubscribe
 
     def __repr__(self) -> str:
         return f"ManualClock(now={self._now!r})"

@@ -1,19 +1,32 @@
-"""The pure reducer: a run and its requests, an input and `now` in; the new records and
-the events they cause out. No storage, no clock, no randomness of its own: time and
-fresh ids arrive in a `Context`. Status changes go through the rulebook (`_rules`)."""
+"""The pure reducer: every rule of hitl-core as a function of records, input and `now`
+that returns a `Step` (the new records and the events they cause) or raises the
+documented error. No storage, no clock, no randomness of its own: time and fresh ids
+arrive in a `Context`; what a rule needs from the store arrives as records. The engine
+validates what it can before loading, loads, calls one function here, and saves.
+
+Each operation first fires (or checks) its trigger in the rulebook (`_rules`), so a
+terminal run is refused before anything else, then applies its own checks in the order
+the SPEC gives."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 
 from . import _rules
+from . import _validate as check
+from ._errors import ConflictError, NotFoundError, ValidationError
+from ._policy import exactly, matches
 from ._records import (
     PLAN_HEADER,
     QUESTION_TOOL,
     Event,
+    IdempotencyKey,
+    Lease,
+    PermissionPolicy,
     PermissionRequest,
     RequestStatus,
     Run,
@@ -21,7 +34,9 @@ from ._records import (
     ToolGate,
     evolve,
     fresh,
+    json_copy,
 )
+from ._validate import shown
 
 __all__ = ["Context", "Step"]
 
@@ -32,11 +47,20 @@ DENIED_BEFORE = "a person denied this tool earlier in this run and asked to reme
 class Context:
     """What one call of the engine knows from outside: the time and an id source."""
 
-    __slots__ = ("new_id", "now")
+    __slots__ = ("new_id", "now", "writable")
 
-    def __init__(self, now: float, new_id: Callable[[str], str]) -> None:
+    def __init__(self, now: float, new_id: Callable[[str], str], writable: bool = True) -> None:
         self.now = now
         self.new_id = new_id
+        self.writable = writable
+        """False in a read transaction: a change that is due must be made in a write."""
+
+    def after(self, run: Run) -> Context:
+        """This context, its time raised to the run's last change if the clock is behind
+        it (another host's clock, or a reading taken before a concurrent change)."""
+        if run.updated_at <= self.now:
+            return self
+        return Context(run.updated_at, self.new_id, self.writable)
 
     def event(
         self, type_: str, run_id: str, data: dict[str, Any], at: float | None = None
@@ -54,13 +78,19 @@ class Context:
 
 @attrs.frozen
 class Step:
-    """What an input did: the run as it is now, the requests it created or changed, the
-    events to record, and whether a suspended run was resumed."""
+    """What an input did: the run as it is now (the same object when unchanged), the
+    requests it created or changed, the events to record, new policies, a new
+    idempotency key, and what the caller is told: the request it is about (`result`),
+    `resumed`, and `applied` (False: the call found its work already done)."""
 
     run: Run
     requests: tuple[PermissionRequest, ...] = ()
     events: tuple[Event, ...] = ()
     resumed: bool = False
+    applied: bool = True
+    result: PermissionRequest | None = None
+    policies: tuple[PermissionPolicy, ...] = ()
+    key: IdempotencyKey | None = None
 
 
 def _touch(run: Run, now: float, **changes: Any) -> Run:
@@ -85,36 +115,49 @@ def _resolved_event(ctx: Context, request: PermissionRequest) -> Event:
 # -- creating a run ---------------------------------------------------------------------
 
 
+def fingerprint(settings: dict[str, Any]) -> str:
+    """A digest of a `runs.create` call's settings, to tell a retry from a reuse."""
+    return hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()
+
+
 def new_run(
     ctx: Context,
     *,
-    human_in_the_loop: bool,
-    permission_mode: str,
-    user_id: str | None,
-    task_id: str | None,
-    metadata: dict[str, Any] | None,
-    input_timeout: float,
+    settings: dict[str, Any],
+    key: str | None = None,
+    stored_key: IdempotencyKey | None = None,
+    stored_run: Run | None = None,
 ) -> Step:
-    """A new running run and its run.started event."""
+    """A new running run and its run.started event. With an idempotency `key` already
+    stored (`stored_key`, and the run it made), the same settings give that run back
+    (applied=False) and other settings are 422 idempotency_key_reused."""
+    digest = fingerprint(settings) if key is not None else None
+    if stored_key is not None:
+        if stored_key.fingerprint != digest or stored_run is None:
+            raise ValidationError(
+                "idempotency_key_reused",
+                f"the idempotency key {shown(key)} was used for a different run; "
+                "use a new key for a new run",
+            )
+        return Step(stored_run, applied=False)
     run = Run(
         id=ctx.new_id("run"),
         status=RunStatus.RUNNING,
-        human_in_the_loop=human_in_the_loop,
-        permission_mode=permission_mode,
-        user_id=user_id,
-        task_id=task_id,
-        metadata=metadata,
-        input_timeout=input_timeout,
         created_at=ctx.now,
         updated_at=ctx.now,
+        **settings,
     )
     data = {
-        "human_in_the_loop": human_in_the_loop,
-        "permission_mode": permission_mode,
-        "user_id": user_id,
-        "task_id": task_id,
+        "human_in_the_loop": run.human_in_the_loop,
+        "permission_mode": run.permission_mode,
+        "user_id": run.user_id,
+        "task_id": run.task_id,
     }
-    return Step(run, events=(ctx.event("run.started", run.id, data),))
+    made = None
+    if key is not None:
+        assert digest is not None
+        made = IdempotencyKey(key=key, run_id=run.id, fingerprint=digest, created_at=ctx.now)
+    return Step(run, events=(ctx.event("run.started", run.id, data),), key=made)
 
 
 # -- the timeout clock ------------------------------------------------------------------
@@ -124,7 +167,7 @@ def suspend(ctx: Context, run: Run) -> Step:
     """Suspend a run whose deadline has passed (SPEC 6). The event is stamped with the
     deadline itself, so the outcome does not depend on when this is applied."""
     assert run.deadline is not None and run.deadline <= ctx.now
-    _rules.check(run.status, "suspend")
+    _rules.fire(run.status, "suspend")
     at = run.deadline
     suspended = evolve(
         run,
@@ -136,17 +179,109 @@ def suspend(ctx: Context, run: Run) -> Step:
     return Step(suspended, events=(ctx.event("run.suspended", run.id, {}, at=at),))
 
 
+# -- leases -----------------------------------------------------------------------------
+
+
+def fence(run: Run, lease: Lease | None, now: float) -> None:
+    """Refuse an agent-side change unless the caller may act for the run: with a lease,
+    the run's newest one (409 lease_lost); without, while nobody holds one (409
+    run_leased)."""
+    if lease is not None:
+        if lease.run_id != run.id or lease.token != run.lease_token:
+            raise ConflictError(
+                "lease_lost",
+                f"run {run.id} was claimed again since this lease was taken; stop working on it",
+            )
+        return
+    holder = run.lease_at(now)
+    if holder is not None:
+        raise ConflictError(
+            "run_leased",
+            f"run {run.id} is held by worker {shown(holder.worker)} until {holder.expires_at}",
+        )
+
+
+def claim(ctx: Context, run: Run, worker: str, seconds: float) -> Step:
+    """Take the run's lease for `seconds` (409 run_leased while another holds one)."""
+    _rules.fire(run.status, "hold")
+    holder = run.lease_at(ctx.now)
+    if holder is not None and holder.worker != worker:
+        raise ConflictError(
+            "run_leased",
+            f"run {run.id} is held by worker {shown(holder.worker)} until {holder.expires_at}",
+        )
+    changes = {
+        "lease_worker": worker,
+        "lease_token": run.lease_token + 1,
+        "lease_expires": ctx.now + seconds,
+    }
+    return Step(_touch(run, ctx.now, **changes))
+
+
+def renew(ctx: Context, run: Run, lease: Lease, seconds: float) -> Step:
+    """Extend the caller's lease by `seconds` from now (409 lease_lost if it is not the
+    run's newest lease any more, even if it had lapsed meanwhile)."""
+    _rules.fire(run.status, "hold")
+    fence(run, lease, ctx.now)
+    return Step(_touch(run, ctx.now, lease_worker=lease.worker, lease_expires=ctx.now + seconds))
+
+
+def release(ctx: Context, run: Run, lease: Lease) -> Step:
+    """Give the lease up; a lease that is no longer the run's newest changes nothing
+    (applied=False). Releasing on an ended run changes nothing either."""
+    if run.is_terminal or lease.token != run.lease_token or run.lease_worker is None:
+        return Step(run, applied=False)
+    return Step(_touch(run, ctx.now, lease_worker=None, lease_expires=None))
+
+
+def save_checkpoint(ctx: Context, run: Run, lease: Lease | None, checkpoint: object) -> Step:
+    """Store the host's own JSON record of where its agent is."""
+    _rules.fire(run.status, "hold")
+    fence(run, lease, ctx.now)
+    data = json_copy(checkpoint, "invalid_request", "checkpoint", check.MAX_JSON)
+    return Step(_touch(run, ctx.now, checkpoint=data))
+
+
 # -- opening requests -------------------------------------------------------------------
 
 
+def keyed_request_id(run_id: str, key: str) -> str:
+    """The request id an agent's `key` stands for in a run: the same key always names
+    the same request, so a host that replays its steps after a crash opens nothing
+    twice. Unguessable without the (random) run id."""
+    digest = hashlib.sha256(f"{run_id}\0{key}".encode()).hexdigest()
+    return f"req_{digest[:24]}"
+
+
+def _replayed(
+    existing: PermissionRequest | None, kind: str, tool_name: str
+) -> PermissionRequest | None:
+    """True when a keyed request already exists (and is the same kind of thing)."""
+    if existing is None:
+        return None
+    if existing.kind != kind or existing.tool_name != tool_name:
+        raise ValidationError(
+            "key_reused",
+            f"this key already names a {existing.kind} request ({existing.tool_name}) "
+            "in this run; use another key",
+        )
+    return existing
+
+
 def open_request(
-    ctx: Context, run: Run, *, kind: str, tool_name: str, tool_input: dict[str, Any]
+    ctx: Context,
+    run: Run,
+    *,
+    kind: str,
+    tool_name: str,
+    tool_input: dict[str, Any],
+    request_id: str | None = None,
 ) -> Step:
     """Open a pending request; the run awaits approval (SPEC 3, 4)."""
     status = _rules.fire(run.status, "open_request")
     request = fresh(  # tool_input is the engine's own checked copy
         PermissionRequest,
-        request_id=ctx.new_id("req"),
+        request_id=request_id or ctx.new_id("req"),
         run_id=run.id,
         kind=kind,
         tool_name=tool_name,
@@ -165,20 +300,55 @@ def open_request(
         run.id,
         {"request_id": request.request_id, "kind": kind, "tool_name": tool_name},
     )
-    return Step(_touch(run, ctx.now, **changes), (request,), (event,))
+    return Step(_touch(run, ctx.now, **changes), (request,), (event,), result=request)
 
 
-def ask(ctx: Context, run: Run, questions: list[dict[str, Any]]) -> Step:
-    """Open a question request (questions already validated)."""
+def ask(
+    ctx: Context,
+    run: Run,
+    lease: Lease | None,
+    questions: object,
+    *,
+    request_id: str | None = None,
+    existing: PermissionRequest | None = None,
+) -> Step:
+    """Open a question request (409 hitl_disabled without human_in_the_loop)."""
+    _rules.check(run.status, "open_request")
+    fence(run, lease, ctx.now)
+    if not run.human_in_the_loop:
+        raise ConflictError("hitl_disabled", "questions need a run with human_in_the_loop=True")
+    checked = check.normalise_questions(questions)
+    replayed = _replayed(existing, "question", QUESTION_TOOL)
+    if replayed is not None:
+        return Step(run, applied=False, result=replayed)
+    tool_input = {"questions": checked}
     return open_request(
-        ctx, run, kind="question", tool_name=QUESTION_TOOL, tool_input={"questions": questions}
-    )
+        ctx, run, kind="question", tool_name=QUESTION_TOOL, tool_input=tool_input,
+        request_id=request_id,
+    )  # fmt: skip
 
 
-def propose_plan(ctx: Context, run: Run, plan_text: str) -> Step:
-    """Open a plan request: one AskUserQuestion question headed "Plan Approval"."""
+def propose_plan(
+    ctx: Context,
+    run: Run,
+    lease: Lease | None,
+    plan_text: object,
+    *,
+    request_id: str | None = None,
+    existing: PermissionRequest | None = None,
+) -> Step:
+    """Open a plan request: one AskUserQuestion question headed "Plan Approval" (409
+    not_plan_mode outside plan mode)."""
+    _rules.check(run.status, "open_request")
+    fence(run, lease, ctx.now)
+    if run.permission_mode != "plan":
+        raise ConflictError("not_plan_mode", f"run {run.id} is not in plan mode")
+    text = check.text(plan_text, "plan_text", limit=check.MAX_PLAN)
+    replayed = _replayed(existing, "plan", QUESTION_TOOL)
+    if replayed is not None:
+        return Step(run, applied=False, result=replayed)
     question = {
-        "question": plan_text,
+        "question": text,
         "header": PLAN_HEADER,
         "options": [
             {"label": "Approve", "description": "Approve the plan and start executing it"},
@@ -187,16 +357,18 @@ def propose_plan(ctx: Context, run: Run, plan_text: str) -> Step:
         "multiSelect": False,
     }
     tool_input = {"questions": [question], "revision": run.plan_revisions + 1}
-    return open_request(ctx, run, kind="plan", tool_name=QUESTION_TOOL, tool_input=tool_input)
+    return open_request(
+        ctx, run, kind="plan", tool_name=QUESTION_TOOL, tool_input=tool_input,
+        request_id=request_id,
+    )  # fmt: skip
 
 
 def gate(
-    run: Run, tool_name: str, *, safe: bool, policy_source: Callable[[], str | None]
+    run: Run, tool_name: str, *, safe: bool, policies: Sequence[PermissionPolicy]
 ) -> ToolGate | None:
     """The tool-gate rules of SPEC 4.2, first match wins; None means "open a request".
-
-    `policy_source` is asked only when rules 1-4 did not decide, and returns
-    "policy", "remembered" or None for the run's user scope."""
+    `policies` are the run scope's candidates (the store's `candidate_policies`): the
+    exact one first, then patterns in creation order; the first that matches decides."""
     if safe:
         return ToolGate(status="allowed", source="safe")
     if run.permission_mode == "autonomous":
@@ -207,10 +379,67 @@ def gate(
         return ToolGate(status="denied", source="remembered", reason=DENIED_BEFORE)
     if tool_name in run.remembered_allow:
         return ToolGate(status="allowed", source="remembered")
-    source = policy_source()
-    if source is not None:
-        return ToolGate(status="allowed", source=source)
+    for policy in policies:
+        if matches(policy.tool_name, tool_name):
+            source = "remembered" if policy.source == "run_approval" else "policy"
+            return ToolGate(status="allowed", source=source)
     return None
+
+
+def tool_call(
+    run: Run, lease: Lease | None, now: float, tool_name: object, tool_input: object, safe: object
+) -> tuple[str, dict[str, Any], bool]:
+    """The checks of `request_tool` in the SPEC's order (a terminal run first, then the
+    lease, then the arguments); the tool's name, a checked copy of its input, and the
+    safe flag."""
+    _rules.check(run.status, "open_request")
+    fence(run, lease, now)
+    name = check.text(tool_name, "tool_name")
+    if tool_input is not None and not isinstance(tool_input, dict):
+        raise ValidationError("invalid_request", "tool_input must be a dict or None")
+    arguments = json_copy(tool_input or {}, "invalid_request", "tool_input", check.MAX_JSON)
+    return name, arguments, check.flag(safe, "safe")
+
+
+def asks_policies(run: Run, tool_name: str, safe: bool) -> bool:
+    """Whether the gate reaches its policy rule (rule 5) for this call, so the engine
+    loads the scope's candidate policies only then."""
+    return gate(run, tool_name, safe=safe, policies=()) is None
+
+
+def request_tool(
+    ctx: Context,
+    run: Run,
+    tool_name: str,
+    tool_input: dict[str, Any],
+    *,
+    safe: bool,
+    policies: Sequence[PermissionPolicy],
+    request_id: str | None = None,
+    existing: PermissionRequest | None = None,
+) -> tuple[ToolGate, Step | None]:
+    """The gate's answer for a checked call (`tool_call`), and the step that opens a
+    request when a person must decide (None when the rules decided at once). A keyed
+    request that exists is answered from what it is now."""
+    replayed = _replayed(existing, "tool", tool_name)
+    if replayed is not None:
+        return _gate_of(replayed), None
+    decided = gate(run, tool_name, safe=safe, policies=policies)
+    if decided is not None:
+        return decided, None
+    step = open_request(
+        ctx, run, kind="tool", tool_name=tool_name, tool_input=tool_input, request_id=request_id
+    )
+    return ToolGate(status="pending", source=None, request_id=step.requests[0].request_id), step
+
+
+def _gate_of(request: PermissionRequest) -> ToolGate:
+    status = {RequestStatus.ALLOWED: "allowed", RequestStatus.DENIED: "denied"}.get(
+        request.status, "pending" if request.is_pending else "denied"
+    )
+    return ToolGate(
+        status=status, source=request.source, request_id=request.request_id, reason=request.reason
+    )
 
 
 # -- resolving requests -----------------------------------------------------------------
@@ -219,6 +448,7 @@ def gate(
 def resolve(
     ctx: Context,
     run: Run,
+    trigger: str,
     resolved: Sequence[PermissionRequest],
     still_pending: Sequence[PermissionRequest],
     **changes: Any,
@@ -226,7 +456,7 @@ def resolve(
     """Record decisions on some of the run's pending requests (`resolved`, already
     updated) and return the run to running when none is left pending (SPEC 3, 6)."""
     last = not still_pending
-    status = _rules.fire(run.status, "resolve", last=last)
+    status = _rules.fire(run.status, trigger, last=last)
     resumed = last and run.suspended
     suspended = run.suspended and not last
     deadline = None
@@ -238,10 +468,10 @@ def resolve(
     events = [_resolved_event(ctx, request) for request in resolved]
     if resumed:
         events.append(ctx.event("run.resumed", run.id, {}))
-    return Step(updated, tuple(resolved), tuple(events), resumed)
+    return Step(updated, tuple(resolved), tuple(events), resumed, result=resolved[0])
 
 
-def decide(
+def decided(
     request: PermissionRequest,
     now: float,
     *,
@@ -254,6 +484,82 @@ def decide(
     return evolve(
         request, status=status, decision=decision, source=source, resolved_at=now, **changes
     )
+
+
+def _others(pending: Sequence[PermissionRequest], request: PermissionRequest) -> list[Any]:
+    return [p for p in pending if p.request_id != request.request_id]
+
+
+def answerable(
+    run: Run, request_id: object, pending: Sequence[PermissionRequest], found: object
+) -> PermissionRequest:
+    """The question or plan request an answer is for: the one named (`found`, loaded by
+    the engine), or the oldest pending one (409 not_awaiting_input)."""
+    if request_id is None:
+        for request in pending:
+            if request.kind in ("question", "plan"):
+                return request
+        raise ConflictError("not_awaiting_input", f"run {run.id} has no pending question or plan")
+    check.identifier(request_id, "request_id")
+    if (
+        not isinstance(found, PermissionRequest)
+        or found.run_id != run.id
+        or found.kind not in ("question", "plan")
+        or found.status not in (RequestStatus.PENDING, RequestStatus.ANSWERED)
+    ):
+        raise ConflictError(
+            "not_awaiting_input",
+            f"run {run.id} has no question or plan request {shown(request_id)}",
+        )
+    return found
+
+
+def answer(
+    ctx: Context,
+    run: Run,
+    answers: object,
+    *,
+    request_id: object,
+    actor: object,
+    pending: Sequence[PermissionRequest],
+    named: PermissionRequest | None,
+) -> Step:
+    """Answer a question or plan request (SPEC 4.1, 4.3). A retry with the same answers
+    changes nothing (applied=False); other answers to an answered request are 409."""
+    _rules.check(run.status, "decide")
+    if not isinstance(answers, dict):
+        raise ValidationError("invalid_answers", "answers must be a dict")
+    if not answers:
+        raise ValidationError("empty_answers", "answers is empty")
+    who = check.optional_text(actor, "actor", limit=check.MAX_NAME)
+    request = answerable(run, request_id, pending, named)
+    normalised = check.normalise_answers(request, answers)
+    if request.status is RequestStatus.ANSWERED:
+        if request.answers != normalised:
+            raise ConflictError(
+                "already_answered",
+                f"request {request.request_id} was already answered differently",
+            )
+        return Step(run, applied=False, result=request)
+    changes: dict[str, Any] = {}
+    decision, reason = "answer", None
+    if request.kind == "plan":
+        value = next(iter(normalised.values()))
+        decision = "approve" if value == "Approve" else "revise"
+        reason = None if decision == "approve" else value
+        if decision == "approve":
+            changes["plan_approved"] = True
+    done = decided(
+        request,
+        ctx.now,
+        status=RequestStatus.ANSWERED,
+        decision=decision,
+        source="human",
+        answers=normalised,
+        reason=reason,
+        actor=who,
+    )
+    return resolve(ctx, run, "decide", [done], _others(pending, request), **changes)
 
 
 def remembered(run: Run, tool_name: str, decision: str) -> dict[str, frozenset[str]]:
@@ -269,15 +575,160 @@ def remembered(run: Run, tool_name: str, decision: str) -> dict[str, frozenset[s
     return {"remembered_allow": frozenset(allow), "remembered_deny": frozenset(deny)}
 
 
-def upgrade_remember(ctx: Context, run: Run, request: PermissionRequest) -> Step:
-    """A repeated decision with remember=True on one that had remember=False (SPEC 4.2)."""
-    assert request.decision in ("allow", "deny") and not request.remember
-    upgraded = evolve(request, remember=True)
-    changes = remembered(run, request.tool_name, request.decision)
-    return Step(_touch(run, ctx.now, **changes), (upgraded,))
+def approve(
+    ctx: Context,
+    run: Run,
+    *,
+    request_id: object,
+    decision: object,
+    remember: object,
+    reason: object,
+    actor: object,
+    request: PermissionRequest | None,
+    pending: Sequence[PermissionRequest],
+    policy: PermissionPolicy | None,
+    remember_scope: str,
+) -> Step:
+    """Allow or deny a pending tool request (SPEC 4.2, 4.4). `request` is the one named
+    (None if there is none), `policy` the scope's stored policy for its exact name (the
+    engine loads it when `remember` is True). Repeating the decision a request has
+    changes nothing (applied=False) but may upgrade remember=False to True."""
+    _rules.check(run.status, "decide")
+    if decision not in ("allow", "deny"):
+        raise ValidationError(
+            "invalid_decision", f"decision must be 'allow' or 'deny'; got {shown(decision)}"
+        )
+    keep = check.flag(remember, "remember")
+    why = check.optional_text(reason, "reason")
+    who = check.optional_text(actor, "actor", limit=check.MAX_NAME)
+    check.identifier(request_id, "request_id")
+    if request is None or request.run_id != run.id or request.kind != "tool":
+        raise NotFoundError("gate_not_found", f"no tool request {shown(request_id)} on this run")
+    if request.status is RequestStatus.CANCELLED:
+        raise NotFoundError("gate_cancelled", f"request {request.request_id} was cancelled")
+    wanted = RequestStatus.ALLOWED if decision == "allow" else RequestStatus.DENIED
+    if request.status is not RequestStatus.PENDING and request.status is not wanted:
+        raise NotFoundError(
+            "gate_resolved_otherwise",
+            f"request {request.request_id} was already {request.status.value}",
+        )
+    if request.status is wanted:  # a repeat: it changes nothing, unless remember upgrades
+        step = Step(run, applied=False, result=request)
+        if keep and not request.remember:
+            upgraded = evolve(request, remember=True)
+            changes = remembered(run, request.tool_name, request.decision or str(decision))
+            step = Step(
+                _touch(run, ctx.now, **changes), (upgraded,), applied=False, result=upgraded
+            )
+    else:
+        done = decided(
+            request,
+            ctx.now,
+            status=wanted,
+            decision=str(decision),
+            source="human",
+            remember=keep,
+            reason=why,
+            actor=who,
+        )
+        changes = remembered(run, request.tool_name, str(decision)) if keep else {}
+        step = resolve(ctx, run, "decide", [done], _others(pending, request), **changes)
+    if keep and decision == "allow" and remember_scope == "user" and policy is None:
+        made = PermissionPolicy(
+            id=ctx.new_id("pol"),
+            user_id=run.user_id,
+            tool_name=exactly(request.tool_name),  # a name, never a pattern
+            source="run_approval",
+            created_at=ctx.now,
+        )
+        step = attrs.evolve(step, policies=(made,))
+    return step
 
 
-# -- ending a run -----------------------------------------------------------------------
+def switch_mode(
+    ctx: Context, run: Run, permission_mode: object, pending: Sequence[PermissionRequest]
+) -> Step:
+    """Change the run's mode; to autonomous, pending tool requests are allowed (SPEC 7)."""
+    _rules.check(run.status, "switch_mode")
+    mode = check.mode(permission_mode)
+    check.combination(run.human_in_the_loop, mode)
+    if mode == run.permission_mode:
+        return Step(run, applied=False)
+    tools = [request for request in pending if request.kind == "tool"]
+    if mode != "autonomous" or not tools:
+        return Step(_touch(run, ctx.now, permission_mode=mode))
+    allowed = [
+        decided(
+            request, ctx.now, status=RequestStatus.ALLOWED, decision="allow", source="mode_switch"
+        )
+        for request in tools
+    ]
+    others = [request for request in pending if request.kind != "tool"]
+    return resolve(ctx, run, "switch_mode", allowed, others, permission_mode=mode)
+
+
+# -- policies ---------------------------------------------------------------------------
+
+
+def create_policy(
+    ctx: Context, user_id: str | None, tool: str, existing: PermissionPolicy | None
+) -> tuple[PermissionPolicy, PermissionPolicy | None]:
+    """`permissions.create`: the policy to return, and the one to store in place of
+    `existing` (this scope's stored policy for `tool`), or None when nothing changes. A
+    remembered (`run_approval`) policy is promoted to `api`, keeping its id and time."""
+    if existing is not None:
+        if existing.source != "run_approval":
+            return existing, None
+        promoted = evolve(existing, source="api")
+        return promoted, promoted
+    made = PermissionPolicy(
+        id=ctx.new_id("pol"), user_id=user_id, tool_name=tool, source="api", created_at=ctx.now
+    )
+    return made, made
+
+
+# -- ending a run ---------------------------------------------------------------------
+
+
+def complete(ctx: Context, run: Run, lease: Lease | None, output: object) -> Step:
+    """The agent finished (409 pending_requests while a request is pending)."""
+    _rules.check(run.status, "complete")
+    fence(run, lease, ctx.now)
+    kept = json_copy(output, "invalid_request", "output", check.MAX_JSON)
+    return end(ctx, run, "complete", (), output=kept)
+
+
+def fail(
+    ctx: Context,
+    run: Run,
+    lease: Lease | None,
+    error: object,
+    pending: Sequence[PermissionRequest],
+) -> Step:
+    """The agent gave up: the run fails and its pending requests are cancelled. An
+    exception is described as `Type: message` (cut to the text limit); a string
+    error longer than the limit is refused."""
+    _rules.check(run.status, "fail")
+    fence(run, lease, ctx.now)
+    if isinstance(error, BaseException):
+        message = describe_exception(error)
+    else:
+        message = check.text(error, "error", limit=check.MAX_TEXT)
+    return end(ctx, run, "fail", pending, error=message)
+
+
+def describe_exception(error: BaseException) -> str:
+    """`Type: message` for an exception, whatever its `__str__` does; text with no UTF-8
+    form (an undecodable file name, say) is escaped so that every store can keep it."""
+    try:
+        text = str(error)
+    except Exception:  # a broken __str__ must not stop the run from failing
+        text = "<unprintable>"
+    message = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(message) > check.MAX_TEXT:
+        message = message[: check.MAX_TEXT - 1] + "…"
+    return message
 
 
 def end(
@@ -290,33 +741,20 @@ def end(
     """Complete, fail or cancel the run; pending requests become cancelled (SPEC 3)."""
     status = _rules.fire(run.status, trigger)
     cancelled = tuple(
-        decide(request, ctx.now, status=RequestStatus.CANCELLED, decision=None, source="run_ended")
+        decided(request, ctx.now, status=RequestStatus.CANCELLED, decision=None, source="run_ended")
         for request in pending
     )
-    updated = _touch(run, ctx.now, status=status, suspended=False, deadline=None, **changes)
+    updated = _touch(
+        run,
+        ctx.now,
+        status=status,
+        suspended=False,
+        deadline=None,
+        lease_worker=None,
+        lease_expires=None,
+        **changes,
+    )
     data = {"error": changes["error"]} if trigger == "fail" else {}
     events = [_resolved_event(ctx, request) for request in cancelled]
     events.append(ctx.event(f"run.{status.value}", run.id, data))
     return Step(updated, cancelled, tuple(events))
-
-
-def switch_mode(
-    ctx: Context, run: Run, permission_mode: str, pending: Sequence[PermissionRequest]
-) -> Step:
-    """Change the run's mode; to autonomous, pending tool requests are allowed (SPEC 7)."""
-    _rules.check(run.status, "switch_mode")
-    if permission_mode == run.permission_mode:
-        return Step(run)
-    if permission_mode != "autonomous":
-        return Step(_touch(run, ctx.now, permission_mode=permission_mode))
-    tools = [request for request in pending if request.kind == "tool"]
-    if not tools:
-        return Step(_touch(run, ctx.now, permission_mode=permission_mode))
-    allowed = [
-        decide(
-            request, ctx.now, status=RequestStatus.ALLOWED, decision="allow", source="mode_switch"
-        )
-        for request in tools
-    ]
-    others = [request for request in pending if request.kind != "tool"]
-    return resolve(ctx, run, allowed, others, permission_mode=permission_mode)

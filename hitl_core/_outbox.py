@@ -25,7 +25,7 @@ from .webhooks import DEFAULT_EVENTS, EVENT_TYPES, signed_headers
 if TYPE_CHECKING:
     from ._engine import Hitl
 
-__all__ = ["Outgoing", "Webhooks"]
+__all__ = ["Outgoing", "Webhooks", "catch_up"]
 
 CURSOR = "webhooks"
 START = "start"  # the cursor before the first event: set when the log was empty
@@ -127,6 +127,58 @@ def _fail_pending(tx: Transaction, ctx: Context, endpoint_id: str, why: str) -> 
                 for d in batch
             ]
         )
+
+
+def _attempts(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError("invalid_request", "max_attempts must be an integer >= 1")
+    return value
+
+
+def _fan_out(tx: Transaction, ctx: Context, count: int) -> tuple[int, int]:
+    """Turn up to `count` events the outbox has not seen into pending deliveries for
+    every active endpoint subscribed to their type; (events seen, deliveries made)."""
+    cursor = tx.get_cursor(CURSOR)
+    if cursor is None:  # no endpoint was ever made: nothing to fan out to
+        return 0, 0
+    events = tx.list_events(after=None if cursor == START else cursor, run_id=None, limit=count)
+    if not events:
+        return 0, 0
+    endpoints = [e for e in _all_endpoints(tx) if e.active and e.events]
+    made = [
+        WebhookDelivery(
+            id=ctx.new_id("dlv"),
+            endpoint_id=endpoint.id,
+            event_id=event.id,
+            event_type=event.type,
+            run_id=event.run_id,
+            payload=payload(event),
+            status="pending",
+            next_retry_at=ctx.now,
+            created_at=ctx.now,
+            updated_at=ctx.now,
+        )
+        for event in events
+        for endpoint in endpoints
+        if event.type in endpoint.events
+    ]
+    tx.save_deliveries(made)
+    tx.set_cursor(CURSOR, events[-1].id)
+    return len(events), len(made)
+
+
+def catch_up(tx: Transaction, ctx: Context, *, after_delete: bool = False) -> None:
+    """Keep the outbox whole around a deletion of events (`runs.prune`): before it, fan
+    out every event not yet seen; after it, if the event the outbox's position named is
+    gone, move the position to the newest event (all older ones were fanned out)."""
+    cursor = tx.get_cursor(CURSOR)
+    if cursor is None:
+        return
+    if not after_delete:
+        while _fan_out(tx, ctx, 1000)[0]:
+            pass
+    elif cursor != START and tx.list_events(after=cursor, run_id=None, limit=1) is None:
+        tx.set_cursor(CURSOR, tx.last_event_id() or START)
 
 
 class Webhooks:
@@ -257,42 +309,18 @@ class Webhooks:
         """Turn events recorded since the last call into pending deliveries for every
         active endpoint subscribed to their type; return how many were made."""
         count = check.limit(limit, 1000)
+        return self._engine._write(lambda tx, ctx: _fan_out(tx, ctx, count)[1])
 
-        def work(tx: Transaction, ctx: Context) -> int:
-            cursor = tx.get_cursor(CURSOR)
-            after = None if cursor in (None, START) else cursor
-            events = tx.list_events(after=after, run_id=None, limit=count)
-            if not events:
-                return 0
-            endpoints = [e for e in _all_endpoints(tx) if e.active and e.events]
-            made = [
-                WebhookDelivery(
-                    id=ctx.new_id("dlv"),
-                    endpoint_id=endpoint.id,
-                    event_id=event.id,
-                    event_type=event.type,
-                    run_id=event.run_id,
-                    payload=payload(event),
-                    status="pending",
-                    next_retry_at=ctx.now,
-                    created_at=ctx.now,
-                    updated_at=ctx.now,
-                )
-                for event in events
-                for endpoint in endpoints
-                if event.type in endpoint.events
-            ]
-            tx.save_deliveries(made)
-            tx.set_cursor(CURSOR, events[-1].id)
-            return len(made)
-
-        return self._engine._write(work)
-
-    def claim(self, *, limit: int = 10, lease_seconds: float = 60.0) -> builtins.list[Outgoing]:
+    def claim(
+        self, *, limit: int = 10, lease_seconds: float = 60.0, max_attempts: int = MAX_ATTEMPTS
+    ) -> builtins.list[Outgoing]:
         """Take up to `limit` due deliveries for sending: each counts an attempt and is
-        held for `lease_seconds` (if the worker dies, it is due again after that)."""
+        held for `lease_seconds` (if the worker dies, it is due again after that). A
+        delivery whose `max_attempts` were all claimed without an outcome (its workers
+        died) has failed instead of being claimed again."""
         lease = check.seconds(lease_seconds, "lease_seconds", "invalid_request")
         count = check.limit(limit)
+        most = _attempts(max_attempts)
 
         def work(tx: Transaction, ctx: Context) -> builtins.list[Outgoing]:
             claimed: builtins.list[Outgoing] = []
@@ -300,6 +328,13 @@ class Webhooks:
                 endpoint = tx.get_endpoint(delivery.endpoint_id)
                 if endpoint is None or not endpoint.active:
                     continue  # deactivation already failed it; deletion removed it
+                if delivery.attempts >= most:
+                    why = f"no outcome was recorded for any of its {delivery.attempts} attempts"
+                    failed = evolve(
+                        delivery, status="failed", error=why, next_retry_at=None, updated_at=ctx.now
+                    )
+                    tx.save_deliveries([failed])
+                    continue
                 leased = evolve(
                     delivery,
                     attempts=delivery.attempts + 1,
@@ -344,10 +379,9 @@ class Webhooks:
             or not 100 <= status_code <= 599
         ):
             raise ValidationError("invalid_request", "status_code must be an HTTP status or None")
-        body_text = check.optional_text(response_body, "response_body")
-        why = check.optional_text(error, "error")
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValidationError("invalid_request", "max_attempts must be an integer >= 1")
+        body_text = check.optional_text(response_body, "response_body", limit=10**9)
+        why = check.optional_text(error, "error", limit=10**9)
+        _attempts(max_attempts)
         waits = [
             check.seconds(wait, "backoff", "invalid_request", allow_zero=True) for wait in backoff
         ]
@@ -359,10 +393,11 @@ class Webhooks:
             if delivery.status != "pending" or delivery.attempts != attempt:
                 return delivery
             body = None if body_text is None else body_text[:_BODY_LIMIT]
+            why_kept = None if why is None else why[:_BODY_LIMIT]
             outcome: dict[str, Any] = {
                 "response_status_code": status_code,
                 "response_body": body,
-                "error": why,
+                "error": why_kept,
                 "updated_at": ctx.now,
             }
             if status_code is not None and 200 <= status_code < 300:

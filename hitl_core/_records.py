@@ -82,35 +82,57 @@ MAX_INT = 2**63
 
 
 def json_copy(
-    value: Any, code: str = "invalid_request", what: str = "value", _depth: int = 0
+    value: Any, code: str = "invalid_request", what: str = "value", limit: int | None = None
 ) -> Any:
     """Return a deep copy of a JSON-like value, or raise ValidationError(code).
 
     Accepts dicts with string keys, lists and tuples (copied as lists), strings with a
-    UTF-8 form, 64-bit ints, finite floats, bools and None, nested at most MAX_DEPTH deep."""
+    UTF-8 form, 64-bit ints, finite floats, bools and None, nested at most MAX_DEPTH deep,
+    and, with a `limit`, at most that many characters of compact JSON text (counted as
+    the copy goes, so a huge value is refused after reading only `limit` of it)."""
+    budget = [limit if limit is not None else -1]
+    return _json_copy(value, code, what, 0, budget, limit)
+
+
+def _spend(budget: list[int], amount: int, code: str, what: str, limit: int | None) -> None:
+    if limit is not None:
+        budget[0] -= amount
+        if budget[0] < 0:
+            raise ValidationError(code, f"{what} is larger than {limit:,} characters of JSON")
+
+
+def _json_copy(
+    value: Any, code: str, what: str, depth: int, budget: list[int], limit: int | None
+) -> Any:
     if isinstance(value, str):
+        _spend(budget, len(value) + 2, code, what, limit)
         return encodable(value, code, what)
     if value is None or isinstance(value, bool):
+        _spend(budget, 5, code, what, limit)
         return value
     if isinstance(value, int):
         if not -MAX_INT <= value < MAX_INT:
             raise ValidationError(code, f"{what} holds an integer beyond 64 bits")
+        _spend(budget, 20, code, what, limit)
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError(code, f"{what} holds a non-finite number")
+        _spend(budget, 24, code, what, limit)
         return value
-    if _depth >= MAX_DEPTH:
+    if depth >= MAX_DEPTH:
         raise ValidationError(code, f"{what} nests deeper than {MAX_DEPTH} levels (or loops)")
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ValidationError(code, f"{what} has a non-string key {key!r}")
-            out[encodable(key, code, what)] = json_copy(item, code, what, _depth + 1)
+                raise ValidationError(code, f"{what} has a non-string key {type(key).__name__}")
+            _spend(budget, len(key) + 4, code, what, limit)
+            out[encodable(key, code, what)] = _json_copy(item, code, what, depth + 1, budget, limit)
         return out
     if isinstance(value, (list, tuple)):
-        return [json_copy(item, code, what, _depth + 1) for item in value]
+        _spend(budget, 2, code, what, limit)
+        return [_json_copy(item, code, what, depth + 1, budget, limit) for item in value]
     raise ValidationError(code, f"{what} holds a {type(value).__name__}, not JSON data")
 
 

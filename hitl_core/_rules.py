@@ -22,29 +22,32 @@ from ._records import RunStatus
 
 __all__ = ["TRANSITIONS", "allowed_from", "check", "fire", "mermaid"]
 
-_ACTIVE = [RunStatus.RUNNING.value, RunStatus.AWAITING_APPROVAL.value]
+_RUNNING = RunStatus.RUNNING.value
 _AWAITING = RunStatus.AWAITING_APPROVAL.value
+_ACTIVE = [_RUNNING, _AWAITING]
 
 
 def _last(event: Any) -> bool:
-    """Guard: the decision resolved the run's last pending request."""
+    """Guard: the change resolved the run's last pending request."""
     return bool(event.kwargs.get("last"))
 
 
-# trigger, sources, destination (None: stays where it is), guard, what it means.
+# trigger, sources, destination (None: stays where it is), guard. Each public operation
+# fires one trigger: its refusals come from here (checked first, before the operation's
+# other checks) and its new status too.
 TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "open_request", "source": _ACTIVE, "dest": _AWAITING},
-    {
-        "trigger": "resolve",
-        "source": _AWAITING,
-        "dest": RunStatus.RUNNING.value,
-        "conditions": [_last],
-    },
-    {"trigger": "resolve", "source": _AWAITING, "dest": None, "unless": [_last]},
-    {"trigger": "decide", "source": _ACTIVE, "dest": None},
+    # a person's decision (answer, approve) and a switch to autonomous, which allows the
+    # pending tool requests: back to running once nothing is pending; a repeated decision
+    # or one that leaves others pending changes nothing
+    {"trigger": "decide", "source": _AWAITING, "dest": _RUNNING, "conditions": [_last]},
+    {"trigger": "decide", "source": _ACTIVE, "dest": None, "unless": [_last]},
+    {"trigger": "switch_mode", "source": _AWAITING, "dest": _RUNNING, "conditions": [_last]},
+    {"trigger": "switch_mode", "source": _ACTIVE, "dest": None, "unless": [_last]},
     {"trigger": "suspend", "source": _AWAITING, "dest": None},
-    {"trigger": "switch_mode", "source": _ACTIVE, "dest": None},
-    {"trigger": "complete", "source": RunStatus.RUNNING.value, "dest": RunStatus.COMPLETED.value},
+    # a worker's lease and checkpoint: only while the run can still change
+    {"trigger": "hold", "source": _ACTIVE, "dest": None},
+    {"trigger": "complete", "source": _RUNNING, "dest": RunStatus.COMPLETED.value},
     {"trigger": "fail", "source": _ACTIVE, "dest": RunStatus.FAILED.value},
     {"trigger": "cancel", "source": _ACTIVE, "dest": RunStatus.CANCELLED.value},
 ]
@@ -138,9 +141,9 @@ def mermaid() -> str:
             dest = row["dest"] or source
             label = row["trigger"]
             if "conditions" in row:
-                label += " [last pending]"
+                label += " [last pending resolved]"
             if "unless" in row:
-                label += " [others pending]"
+                label += " [others pending, or a repeat]"
             lines.append(f"    {source} --> {dest}: {label}")
     lines.extend(f"    {status.value} --> [*]" for status in RunStatus if status.is_terminal)
     return "\n".join(lines) + "\n"

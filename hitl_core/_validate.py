@@ -11,8 +11,10 @@ from ._records import PLAN_HEADER, PermissionRequest, encodable, json_copy
 
 __all__ = [
     "DEFAULT_INPUT_TIMEOUT",
+    "LIMITS",
     "MODES",
     "config",
+    "identifier",
     "normalise_answers",
     "normalise_questions",
     "optional_text",
@@ -22,6 +24,43 @@ __all__ = [
 MODES = ("autonomous", "approval", "plan")
 DEFAULT_INPUT_TIMEOUT = 75.0
 MAX_QUESTIONS = 4
+
+# How long each text the API takes may be (characters), and how large JSON data may be
+# (characters of its compact JSON text, about its size in bytes). Longer is 422, with the
+# field named; the check is the first thing done with the value, so a huge input costs
+# only its length. docs/decisions.md lists them.
+MAX_ID = 128
+"""Ids and cursors: run, request, policy, task, event and delivery ids."""
+MAX_NAME = 256
+"""Tool names and patterns, user_id, actor, worker, keys, task names, question headers
+and option labels."""
+MAX_TEXT = 4_000
+"""Reasons, answers, option descriptions, question texts, error messages."""
+MAX_PLAN = 20_000
+"""A plan's text."""
+MAX_CHOICES = 32
+"""Labels in one multi-select answer."""
+MAX_JSON = 65_536
+"""tool_input, output and checkpoint."""
+MAX_METADATA = 16_384
+"""A run's metadata."""
+
+LIMITS: dict[str, int] = {
+    "ids and cursors": MAX_ID,
+    "names (tools, patterns, user_id, actor, worker, keys, task names, headers, labels)": (
+        MAX_NAME
+    ),
+    "texts (reasons, answers, descriptions, questions, errors)": MAX_TEXT,
+    "plan text": MAX_PLAN,
+    "labels in a multi-select answer": MAX_CHOICES,
+    "tool_input, output, checkpoint (JSON characters)": MAX_JSON,
+    "metadata (JSON characters)": MAX_METADATA,
+}
+
+
+def too_long(what: str, limit: int, code: str = "invalid_request") -> ValidationError:
+    """The refusal of a value longer than its limit."""
+    return ValidationError(code, f"{what} is longer than {limit:,} characters")
 
 
 def shown(value: object) -> str:
@@ -42,8 +81,21 @@ def limit(value: object, maximum: int = 100) -> int:
 
 def cursor(value: object) -> str | None:
     """None or an id string to page after (422 invalid_cursor otherwise)."""
-    if value is not None and not isinstance(value, str):
-        raise ValidationError("invalid_cursor", f"a cursor is an id string; got {shown(value)}")
+    if value is not None and (not isinstance(value, str) or len(value) > MAX_ID):
+        raise ValidationError(
+            "invalid_cursor", f"a cursor is an id string of at most {MAX_ID} characters"
+        )
+    return value
+
+
+def identifier(value: object, what: str) -> str:
+    """An id the caller names (a run, a request, a policy...): a string of at most MAX_ID
+    characters, or 422 invalid_request naming `what`. Whether it names anything is the
+    caller's lookup (404)."""
+    if not isinstance(value, str):
+        raise ValidationError("invalid_request", f"{what} must be a string; got {shown(value)}")
+    if len(value) > MAX_ID:
+        raise too_long(what, MAX_ID)
     return value
 
 
@@ -114,6 +166,8 @@ def user(value: object, code: str = "invalid_config") -> str | None:
         raise ValidationError(
             code, f"user_id must be a non-empty string or None; got {shown(value)}"
         )
+    if len(value) > MAX_NAME:
+        raise too_long("user_id", MAX_NAME, code)
     return encodable(value, code, "user_id")
 
 
@@ -127,20 +181,26 @@ def config(
     return hitl, chosen, timeout(input_timeout)
 
 
-def text(value: object, what: str, code: str = "invalid_request") -> str:
-    """A non-empty (after stripping) string, returned as given."""
+def text(value: object, what: str, code: str = "invalid_request", *, limit: int = MAX_NAME) -> str:
+    """A non-empty (after stripping) string of at most `limit` characters, as given."""
+    if isinstance(value, str) and len(value) > limit:
+        raise too_long(what, limit, code)
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(code, f"{what} must be a non-empty string; got {shown(value)}")
     return encodable(value, code, what)
 
 
-def optional_text(value: object, what: str) -> str | None:
-    """None or a string (422 invalid_request otherwise)."""
-    if value is not None and not isinstance(value, str):
-        raise ValidationError(
-            "invalid_request", f"{what} must be a string or None; got {shown(value)}"
-        )
-    return None if value is None else encodable(value, "invalid_request", what)
+def optional_text(
+    value: object, what: str, *, limit: int = MAX_TEXT, code: str = "invalid_request"
+) -> str | None:
+    """None or a string of at most `limit` characters (422 otherwise)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(code, f"{what} must be a string or None; got {shown(value)}")
+    if len(value) > limit:
+        raise too_long(what, limit, code)
+    return encodable(value, code, what)
 
 
 def flag(value: object, what: str) -> bool:
@@ -168,6 +228,8 @@ def _option(raw: object, where: str) -> dict[str, str]:
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise ValidationError("invalid_request", f"{where}: option description must be a string")
+    if len(description) > MAX_TEXT:
+        raise too_long(f"{where}: option description", MAX_TEXT)
     return {"label": label, "description": description}
 
 
@@ -178,16 +240,20 @@ def _question(raw: object, index: int) -> dict[str, Any]:
     unknown = set(raw) - _QUESTION_KEYS
     if unknown:
         raise ValidationError("invalid_request", f"{where}: unknown keys {sorted(unknown)}")
-    question = text(raw.get("question"), f"{where}: question")
+    question = text(raw.get("question"), f"{where}: question", limit=MAX_TEXT)
     header = raw.get("header", "")
     if not isinstance(header, str):
         raise ValidationError("invalid_request", f"{where}: header must be a string")
+    if len(header) > MAX_NAME:
+        raise too_long(f"{where}: header", MAX_NAME)
     multi = raw.get("multiSelect", False)
     if not isinstance(multi, bool):
         raise ValidationError("invalid_request", f"{where}: multiSelect must be True or False")
     raw_options = raw.get("options")
     if not isinstance(raw_options, (list, tuple)):
         raise ValidationError("invalid_request", f"{where}: options must be a list")
+    if len(raw_options) > MAX_CHOICES:
+        raise ValidationError("invalid_request", f"{where}: at most {MAX_CHOICES} options")
     options = [_option(option, where) for option in raw_options]
     labels = [option["label"] for option in options]
     if len(set(labels)) < 2 or len(set(labels)) != len(labels):
@@ -212,29 +278,40 @@ def normalise_questions(raw: object) -> list[dict[str, Any]]:
 
 
 def _single(value: object, question: str) -> str:
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise too_long(f"the answer to {shown(question)}", MAX_TEXT, "invalid_answers")
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(
-            "invalid_answers", f"the answer to {question!r} must be a non-empty string"
+            "invalid_answers", f"the answer to {shown(question)} must be a non-empty string"
         )
     return value.strip()
 
 
 def _multi(value: object, question: str) -> list[str]:
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise too_long(f"the answer to {shown(question)}", MAX_TEXT, "invalid_answers")
+    if isinstance(value, (list, tuple)) and len(value) > MAX_CHOICES:
+        raise ValidationError(
+            "invalid_answers", f"the answer to {shown(question)} has over {MAX_CHOICES} labels"
+        )
     if isinstance(value, str):
         parts = value.split(",")
     elif isinstance(value, (list, tuple)):
         parts = list(value)
+        if any(isinstance(part, str) and len(part) > MAX_TEXT for part in parts):
+            raise too_long(f"an answer to {shown(question)}", MAX_TEXT, "invalid_answers")
         if not all(isinstance(part, str) for part in parts):
             raise ValidationError(
-                "invalid_answers", f"the answers to {question!r} must all be strings"
+                "invalid_answers", f"the answers to {shown(question)} must all be strings"
             )
     else:
         raise ValidationError(
-            "invalid_answers", f"the answer to {question!r} must be a list of labels or a string"
+            "invalid_answers",
+            f"the answer to {shown(question)} must be a list of labels or a string",
         )
     chosen = [part.strip() for part in parts if part.strip()]
     if not chosen:
-        raise ValidationError("invalid_answers", f"the answer to {question!r} is empty")
+        raise ValidationError("invalid_answers", f"the answer to {shown(question)} is empty")
     return list(dict.fromkeys(chosen))
 
 
@@ -256,10 +333,10 @@ def normalise_answers(request: PermissionRequest, answers: dict[str, Any]) -> di
     questions = {question["question"]: question for question in request.questions}
     unknown = [key for key in answers if key not in questions]
     if unknown:
-        raise ValidationError("invalid_answers", f"no such question: {unknown[0]!r}")
+        raise ValidationError("invalid_answers", f"no such question: {shown(unknown[0])}")
     missing = [key for key in questions if key not in answers]
     if missing:
-        raise ValidationError("invalid_answers", f"question {missing[0]!r} is not answered")
+        raise ValidationError("invalid_answers", f"question {shown(missing[0])} is not answered")
     out: dict[str, Any] = {}
     for key, question in questions.items():
         value = answers[key]

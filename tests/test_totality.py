@@ -123,7 +123,7 @@ def test_rulebook_terminal_statuses_have_no_triggers() -> None:
     for status in hitl_core.RunStatus:
         triggers = allowed_from(status)
         assert (triggers == []) == status.is_terminal, (status, triggers)
-    assert {row["trigger"] for row in TRANSITIONS} >= {"open_request", "resolve", "cancel"}
+    assert {row["trigger"] for row in TRANSITIONS} >= {"open_request", "decide", "cancel"}
 
 
 def test_bad_input_on_an_active_run_is_422_not_a_crash() -> None:

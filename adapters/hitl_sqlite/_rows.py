@@ -189,13 +189,9 @@ INSERT_POLICY = (
 DELETE_POLICY = "DELETE FROM policies WHERE id = ?"
 GET_POLICY = f"SELECT {_POLICY_SELECT} FROM policies WHERE id = ?"
 FIND_POLICY = f"SELECT {_POLICY_SELECT} FROM policies WHERE scope = ? AND tool_name = ?"
-MAX_PREFIXES = 500  # well under SQLite's host-parameter limit
-ALL_PATTERN_POLICIES = (
-    f"SELECT {_POLICY_SELECT} FROM policies WHERE scope = ? AND is_pattern = 1 ORDER BY seq"
-)
 
 
-@functools.lru_cache(maxsize=MAX_PREFIXES + 1)
+@functools.lru_cache(maxsize=300)
 def pattern_policies(count: int) -> str:
     """SELECT for the pattern policies whose prefix is among `count` parameters."""
     return (

@@ -578,11 +578,8 @@ class SqliteTransaction(Transaction):
     def candidate_policies(self, user_id: str | None, tool_name: str) -> list[PermissionPolicy]:
         exact = self.find_policy(user_id, tool_name)
         found = [] if exact is None else [exact]
-        if len(tool_name) >= q.MAX_PREFIXES:  # a very long name: read the scope's patterns
-            rows = self._all(q.ALL_PATTERN_POLICIES, (q.scope(user_id),))
-        else:
-            heads = prefixes(tool_name)
-            rows = self._all(q.pattern_policies(len(heads)), (q.scope(user_id), *heads))
+        heads = prefixes(tool_name)  # tool names are at most 256 characters long
+        rows = self._all(q.pattern_policies(len(heads)), (q.scope(user_id), *heads))
         found.extend(q.policy_from_row(row) for row in rows)
         return found
 

@@ -1,0 +1,188 @@
+"""Pre-approval policies (`hitl.permissions`), reusable tasks (`hitl.tasks`) and the
+event log (`hitl.events`)."""
+
+from __future__ import annotations
+
+import builtins
+from typing import TYPE_CHECKING, Any
+
+from . import _logic
+from . import _validate as check
+from ._engine import settings
+from ._errors import NotFoundError, ValidationError
+from ._logic import Context
+from ._person import start
+from ._records import Event, Page, PermissionPolicy, Run, Task
+from ._store import Transaction
+from ._validate import shown
+
+if TYPE_CHECKING:
+    from ._engine import Hitl
+
+__all__ = ["Events", "Permissions", "Tasks"]
+
+MAX_EVENTS = 1000
+_TASK_OVERRIDES = frozenset(
+    {"human_in_the_loop", "permission_mode", "user_id", "metadata", "input_timeout"}
+)
+
+
+class Permissions:
+    """Pre-approval policies per user scope (SPEC 5)."""
+
+    def __init__(self, engine: Hitl) -> None:
+        self._engine = engine
+
+    def create(self, *, tool: str, user_id: str | None = None) -> PermissionPolicy:
+        """Pre-approve a tool name or pattern for a scope; the same pair gives the same policy."""
+        name = check.text(tool, "tool")
+        user = check.user(user_id, "invalid_request")
+
+        def work(tx: Transaction, ctx: Context) -> PermissionPolicy:
+            existing = tx.find_policy(user, name)
+            policy, stored = _logic.create_policy(ctx, user, name, existing)
+            if stored is not None:
+                if existing is not None:
+                    tx.delete_policy(existing.id)
+                tx.insert_policy(stored)
+            return policy
+
+        return self._engine._write(work)
+
+    def list(
+        self, *, user_id: str | None = None, limit: int = 20, starting_after: str | None = None
+    ) -> Page[PermissionPolicy]:
+        """A page of the scope's policies, oldest first."""
+        user = check.user(user_id, "invalid_request")
+        count = check.limit(limit)
+        cursor = check.cursor(starting_after)
+
+        def work(tx: Transaction, ctx: Context) -> Page[PermissionPolicy]:
+            found = tx.list_policies(user, limit=count, starting_after=cursor)
+            if found is None:
+                raise check.unknown_cursor(cursor)
+            policies, more = found
+            last = policies[-1].id if more else None
+            return Page(data=policies, has_more=more, next_starting_after=last)
+
+        return self._engine._read(work)
+
+    def delete(self, policy_id: str, *, user_id: str | None = None) -> PermissionPolicy:
+        """Remove a policy of this scope and return it (404 policy_not_found)."""
+        user = check.user(user_id, "invalid_request")
+        named = check.identifier(policy_id, "policy_id")
+
+        def work(tx: Transaction, ctx: Context) -> PermissionPolicy:
+            policy = tx.get_policy(named)
+            if policy is None or policy.user_id != user:
+                raise NotFoundError(
+                    "policy_not_found", f"no policy {shown(policy_id)} in this scope"
+                )
+            tx.delete_policy(policy.id)
+            return policy
+
+        return self._engine._write(work)
+
+
+class Tasks:
+    """Reusable tasks whose settings runs inherit (SPEC 8)."""
+
+    def __init__(self, engine: Hitl) -> None:
+        self._engine = engine
+
+    def create(
+        self,
+        *,
+        name: str,
+        human_in_the_loop: bool | None = None,
+        permission_mode: str | None = None,
+        user_id: str | None = None,
+    ) -> Task:
+        """Store a task. Settings left None fall back to the defaults when it runs."""
+        title = check.text(name, "name")
+        hitl = None if human_in_the_loop is None else check.switch(human_in_the_loop)
+        mode = None if permission_mode is None else check.mode(permission_mode)
+        if hitl is not None and mode is not None:
+            check.combination(hitl, mode)
+        user = check.user(user_id)
+
+        def work(tx: Transaction, ctx: Context) -> Task:
+            task = Task(
+                id=ctx.new_id("task"),
+                name=title,
+                human_in_the_loop=hitl,
+                permission_mode=mode,
+                user_id=user,
+                created_at=ctx.now,
+            )
+            tx.insert_task(task)
+            return task
+
+        return self._engine._write(work)
+
+    def get(self, task_id: str) -> Task:
+        """The task (404 task_not_found)."""
+        return self._engine._read(lambda tx, ctx: _task(tx, task_id))
+
+    def run(self, task_id: str, **overrides: Any) -> Run:
+        """Start a run of the task: each setting is the override, else the task's, else
+        the default; the result is validated as `runs.create` does."""
+        unknown = set(overrides) - _TASK_OVERRIDES
+        if unknown:
+            raise ValidationError("invalid_request", f"unknown task run settings {sorted(unknown)}")
+        engine = self._engine
+
+        def work(tx: Transaction, ctx: Context) -> Run:
+            task = _task(tx, task_id)
+
+            def pick(name: str, default: object) -> object:
+                if overrides.get(name) is not None:
+                    return overrides[name]
+                stored = getattr(task, name, None)
+                return default if stored is None else stored
+
+            values = settings(
+                human_in_the_loop=pick("human_in_the_loop", False),
+                permission_mode=pick("permission_mode", "autonomous"),
+                user_id=pick("user_id", None),
+                input_timeout=pick("input_timeout", check.DEFAULT_INPUT_TIMEOUT),
+                metadata=overrides.get("metadata"),
+                checkpoint=None,
+                task_id=task.id,
+            )
+            return start(engine, tx, ctx, values, None)
+
+        return engine._write(work)
+
+
+def _task(tx: Transaction, task_id: object) -> Task:
+    if isinstance(task_id, str) and len(task_id) > check.MAX_ID:
+        raise check.too_long("task_id", check.MAX_ID)
+    task = tx.get_task(task_id) if isinstance(task_id, str) else None
+    if task is None:
+        raise NotFoundError("task_not_found", f"no task {shown(task_id)}")
+    return task
+
+
+class Events:
+    """The event log (SPEC 9)."""
+
+    def __init__(self, engine: Hitl) -> None:
+        self._engine = engine
+
+    def list(
+        self, *, after: str | None = None, run_id: str | None = None, limit: int = 100
+    ) -> builtins.list[Event]:
+        """Events recorded after the event `after`, in order, optionally of one run."""
+        cursor = check.cursor(after)
+        count = check.limit(limit, MAX_EVENTS)
+        if run_id is not None:
+            check.identifier(run_id, "run_id")
+
+        def work(tx: Transaction, ctx: Context) -> builtins.list[Event]:
+            events = tx.list_events(after=cursor, run_id=run_id, limit=count)
+            if events is None:
+                raise check.unknown_cursor(cursor)
+            return events
+
+        return self._engine._read(work, listing=True)

@@ -1,0 +1,154 @@
+"""Waking waiters: who is waiting on which run (`Agent.wait`, in threads or in asyncio
+tasks), and what wakes them: the store's change feed (a commit of any engine, thread or
+process), this engine's own commits when the store has no feed, and a clock that moves
+only when told (`ManualClock.advance`). A waiter woken re-reads what it waits for; the
+decision whether its wait is over is the caller's, not this module's.
+
+This is the facade's one piece that blocks, on a `threading.Event` or an asyncio future.
+The state machine itself never waits, sleeps or reads a clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Collection
+from typing import Any
+
+from ._clock import Clock
+from ._store import Store
+
+__all__ = ["POLL_FIRST", "POLL_MAX", "Waiter", "Waiters"]
+
+POLL_FIRST = 0.01
+"""With a store that has no change feed: the first pause before a waiter looks again."""
+POLL_MAX = 1.0
+"""... and the longest (the pause doubles while nothing changes)."""
+
+
+class Waiter:
+    """One wait in progress on one run. `woken` is set when something it may care about
+    changed; the waiter clears it before each look, so no change is missed between a
+    look and the next block."""
+
+    __slots__ = ("_future", "_loop", "event", "run_id")
+
+    def __init__(self, run_id: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.run_id = run_id
+        self.event = threading.Event()
+        self._loop = loop
+        self._future: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        """Mark the waiter woken (from any thread)."""
+        self.event.set()
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def block(self, seconds: float | None) -> None:
+        """Wait (in a thread) until woken or `seconds` pass (None: no time limit)."""
+        self.event.wait(seconds)
+
+    async def block_async(self, seconds: float | None) -> None:
+        """Wait (in an asyncio task, holding no thread) until woken or `seconds` pass."""
+        if self.event.is_set():
+            return
+        assert self._loop is not None
+        self._future = self._loop.create_future()
+        if self.event.is_set():  # woken between the check and the future
+            return
+        try:
+            await asyncio.wait_for(self._future, seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self._future = None
+
+
+class Waiters:
+    """The waiters of one engine, by run id, and the feeds that wake them."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._by_run: dict[str, set[Waiter]] = {}
+        self._started = False
+        self._has_feed = False
+        self._stops: list[Callable[[], None]] = []
+
+    @property
+    def clock_driven(self) -> bool:
+        """True when the clock moves only when told (it tells us): waits then take no
+        real time, only its readings."""
+        return callable(getattr(self._clock, "subscribe", None))
+
+    @property
+    def polls(self) -> bool:
+        """True when the store has no change feed, so waiters must look at intervals."""
+        return not self._has_feed
+
+    def add(self, run_id: str, loop: asyncio.AbstractEventLoop | None = None) -> Waiter:
+        """Register a waiter on `run_id` (before its first look)."""
+        waiter = Waiter(run_id, loop)
+        with self._lock:
+            if not self._started:
+                self._start()
+            self._by_run.setdefault(run_id, set()).add(waiter)
+        return waiter
+
+    def remove(self, waiter: Waiter) -> None:
+        """Forget a waiter whose wait is over."""
+        with self._lock:
+            found = self._by_run.get(waiter.run_id)
+            if found is not None:
+                found.discard(waiter)
+                if not found:
+                    del self._by_run[waiter.run_id]
+
+    def _start(self) -> None:
+        """Subscribe to the store's feed and the clock, once, on the first wait."""
+        self._started = True
+        stop = self._store.subscribe(self._changed)
+        if stop is not None:
+            self._has_feed = True
+            self._stops.append(stop)
+        subscribe: Any = getattr(self._clock, "subscribe", None)
+        if callable(subscribe):
+            self._stops.append(subscribe(self._wake_all))
+
+    def _changed(self, run_ids: Collection[str] | None) -> None:
+        """The store's feed: these runs had events committed (None: maybe any run)."""
+        if run_ids is None:
+            self._wake_all()
+            return
+        with self._lock:
+            woken = [w for run_id in run_ids for w in self._by_run.get(run_id, ())]
+        for waiter in woken:
+            waiter.wake()
+
+    def _wake_all(self, *_: object) -> None:
+        with self._lock:
+            woken = [w for waiters in self._by_run.values() for w in waiters]
+        for waiter in woken:
+            waiter.wake()
+
+    def committed(self) -> None:
+        """This engine committed a write: without a store feed, every waiter looks."""
+        if self._started and not self._has_feed and self._by_run:
+            self._wake_all()
+
+    def close(self) -> None:
+        """Stop listening and wake every waiter (their next look finds the engine closed)."""
+        with self._lock:
+            stops, self._stops = self._stops, []
+        for stop in stops:
+            stop()
+        self._wake_all()
