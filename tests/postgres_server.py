@@ -135,6 +135,7 @@ def ensure_running(url: str) -> None:
 def wait_for_server(url: str, seconds: float = 60.0) -> None:
     import psycopg
 
+    url = urlunsplit(urlsplit(url)._replace(query=""))
     deadline = time.monotonic() + seconds
     while True:
         try:

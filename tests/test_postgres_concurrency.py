@@ -145,9 +145,7 @@ hitl.close()
 """
 
 
-def test_eight_processes_decide_the_same_200_requests(
-    pg_url: str, children: list[Child]
-) -> None:
+def test_eight_processes_decide_the_same_200_requests(pg_url: str, children: list[Child]) -> None:
     with open_hitl(pg_url) as hitl:
         gates = []
         for _ in range(200):
@@ -325,12 +323,11 @@ def test_server_restart_during_a_stream_of_calls(pg_url: str, children: list[Chi
     finally:
         ensure_running(pg_url)
     lines = child.finish()
-    check_stream(pg_url, lines)
+    failures = check_stream(pg_url, lines)
+    print("restart:", len(lines), "calls,", len(failures), "failed:", failures[:6])
 
 
-def test_connections_killed_during_a_stream_of_calls(
-    pg_url: str, children: list[Child]
-) -> None:
+def test_connections_killed_during_a_stream_of_calls(pg_url: str, children: list[Child]) -> None:
     name = f"hitl-kill-{os.getpid()}-{time.monotonic_ns()}"
     url = with_options(pg_url, application_name=name)
     open_hitl(url).close()
@@ -351,4 +348,14 @@ def test_connections_killed_during_a_stream_of_calls(
     lines = child.finish()
     assert killed >= 10
     failures = check_stream(url, lines)
+    print(
+        "terminate:",
+        killed,
+        "killed,",
+        len(lines),
+        "calls,",
+        len(failures),
+        "failed:",
+        failures[:6],
+    )
     assert len(failures) < len(lines)
