@@ -16,9 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import hitl_core
-from hitl_core import ManualClock
 from postgres_server import (
     admin,
     can_restart,
@@ -26,6 +23,9 @@ from postgres_server import (
     restart_server,
     with_options,
 )
+
+import hitl_core
+from hitl_core import ManualClock
 
 STATUS = {"allow": "allowed", "deny": "denied"}
 ROOT = Path(__file__).resolve().parent.parent

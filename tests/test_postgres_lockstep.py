@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from test_lockstep import LockStepMachine
-
 from postgres_server import drop_schema, new_schema_name, server_url, with_options
+from test_lockstep import LockStepMachine
 
 
 class PostgresLockStep(LockStepMachine):

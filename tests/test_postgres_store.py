@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres_server import admin, drop_schema, new_schema_name, with_options
 
 import hitl_core
 from hitl_core import ManualClock, StoreError, UnavailableError, ValidationError
 from hitl_core.testing.contract import refused
-from postgres_server import admin, drop_schema, new_schema_name, with_options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -457,7 +457,7 @@ def test_agent_wait_ends_on_a_decision_in_another_process(pg_url: str) -> None:
         started = time.monotonic()
         request = hitl.agent(run.id).wait(gate.request_id, timeout=60)
         waited = time.monotonic() - started
-        out, err = process.communicate(timeout=60)
+        _, err = process.communicate(timeout=60)
         assert process.returncode == 0, err
         assert (request.status, request.reason) == ("allowed", "from another process")
         assert waited < 30  # woken by the decision, long before the timeout

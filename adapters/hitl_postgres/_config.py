@@ -127,9 +127,9 @@ def parse_url(url: str) -> Config:
         params = conninfo_to_dict(libpq_url)
     except psycopg.Error as error:
         raise _bad(url, f"libpq cannot read it: {str(error).strip()}") from None
-    for port in str(params.get("port") or "5432").split(","):
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise _bad(url, f"the port must be a number from 1 to 65535; got {port!r}")
+    for given in str(params.get("port") or "5432").split(","):
+        if not given.isdigit() or not 0 < int(given) < 65536:
+            raise _bad(url, f"the port must be a number from 1 to 65535; got {given!r}")
     for key, value in LIBPQ_DEFAULTS.items():
         params.setdefault(key, value)
     host = params.get("host") or "localhost"
