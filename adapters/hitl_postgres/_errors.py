@@ -83,7 +83,8 @@ def statement_error(
     if isinstance(error, UnicodeEncodeError):
         return ValidationError("invalid_request", f"text that cannot be stored as UTF-8: {error}")
     text = _text(error)
-    if isinstance(error, psycopg.DataError) and "NUL" in text:
+    state = getattr(error, "sqlstate", None) or ""
+    if state == "22P05" or (isinstance(error, psycopg.DataError) and "NUL" in text):
         return ValidationError(
             "invalid_request", "PostgreSQL cannot store text holding NUL (\\x00) characters"
         )
@@ -99,7 +100,6 @@ def statement_error(
             f"the connection to PostgreSQL at {where} was lost; nothing was committed, "
             f"try again ({text})",
         )
-    state = getattr(error, "sqlstate", None) or ""
     if state in ("HL409", "40P01"):
         return ConflictError("concurrent_update", f"a concurrent transaction won: {text}")
     if state == "23505":

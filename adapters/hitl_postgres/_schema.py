@@ -9,6 +9,8 @@ from psycopg import sql
 
 from hitl_core.adapter import StoreError
 
+from ._write import WRITE_FUNCTION
+
 __all__ = ["APPLICATION", "SCHEMA_VERSION", "UPGRADES", "ensure_schema", "inspect"]
 
 SCHEMA_VERSION = 1
@@ -17,42 +19,22 @@ upgraded (`UPGRADES`) in one transaction when a store opens it."""
 
 APPLICATION = "hitl-core"
 LOCK_CLASS = 0x48544C43  # "HTLC": the first key of the schema's advisory lock
+EVENT_LOCK_CLASS = LOCK_CLASS + 1  # ... and of the lock that orders events
 
-# `{s}` is the schema, quoted. Fixed-width columns come first in each table so that rows
-# carry no alignment padding. Times are seconds as double precision; JSON values are
-# `json` (kept as written: key order and numbers survive); lists of names are text[]
-# with NULL for an empty list. Runs are referenced by their `seq` inside the schema
-# (requests, events) and by their text id where a record names them (deliveries, keys).
+# `{s}` is the schema, quoted; `{event_lock}` the key of the lock that orders events.
+# Fixed-width columns come first in each table so that rows carry no alignment padding.
+# Times are seconds as double precision; JSON values are `json` (kept as written: key
+# order and numbers survive); lists of names are text[], NULL for an empty list. Runs
+# are referenced by their `seq` inside the schema (requests, events) and by their text
+# id where a record names them (deliveries, keys). Random text ids are found through a
+# b-tree on their 64-bit hash (`hashtextextended`), half the size of one on the text.
 BASE: tuple[str, ...] = (
     """CREATE TABLE {s}.hitl_meta (
         key   text PRIMARY KEY,
         value text NOT NULL
     )""",
-    # Raises the store's own SQLSTATEs from inside a statement: HL409 when a
-    # compare-and-set found another version (the engine retries the call), HL500 when
-    # a write referred to a run that is not there.
-    """CREATE FUNCTION {s}.hitl_check(conflict boolean, broken boolean) RETURNS boolean
-        LANGUAGE plpgsql AS $$
-    BEGIN
-        IF conflict THEN
-            RAISE EXCEPTION 'hitl-core: a run was changed by a concurrent transaction'
-                USING ERRCODE = 'HL409';
-        END IF;
-        IF broken THEN
-            RAISE EXCEPTION 'hitl-core: a request or event names a run that is not stored'
-                USING ERRCODE = 'HL500';
-        END IF;
-        RETURN true;
-    END $$""",
-    # A JSON list of names as text[] (NULL for an empty list): how lists travel in the
-    # column arrays of a multi-row write.
-    """CREATE FUNCTION {s}.hitl_names(names json) RETURNS text[]
-        LANGUAGE sql IMMUTABLE AS $$
-        SELECT nullif(array(SELECT json_array_elements_text(names)), '{{}}')
-    $$""",
     """CREATE TABLE {s}.runs (
         seq               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        writer            xid8 NOT NULL DEFAULT pg_current_xact_id(),
         input_timeout     double precision NOT NULL,
         created_at        double precision NOT NULL,
         updated_at        double precision NOT NULL,
@@ -76,19 +58,21 @@ BASE: tuple[str, ...] = (
         error             text,
         lease_worker      text,
         checkpoint        json
-    ) WITH (fillfactor = 90)""",
-    # Random ids are looked up by equality only: a hash index is a third of a b-tree's
-    # size for them. The engine only inserts fresh ids.
-    "CREATE INDEX runs_id ON {s}.runs USING hash (id)",
+    )""",
+    "CREATE INDEX runs_id ON {s}.runs (hashtextextended(id, 0))",
     "CREATE INDEX runs_by_user ON {s}.runs (user_id, seq) WHERE user_id IS NOT NULL",
-    "CREATE INDEX runs_by_status ON {s}.runs (status, seq)",
+    # one small index per live status, one for the ended runs: runs.list(status=...)
+    "CREATE INDEX runs_running ON {s}.runs (seq) WHERE status = 'running'",
+    "CREATE INDEX runs_awaiting ON {s}.runs (seq) WHERE status = 'awaiting_approval'",
+    "CREATE INDEX runs_ended_by_status ON {s}.runs (status, seq) "
+    "WHERE status IN ('completed', 'failed', 'cancelled')",
     "CREATE INDEX runs_due ON {s}.runs (deadline, seq) WHERE deadline IS NOT NULL",
     "CREATE INDEX runs_claimable ON {s}.runs (coalesce(lease_expires, 0), seq) "
     "WHERE status = 'running'",
     "CREATE INDEX runs_ended ON {s}.runs (updated_at, seq) "
     "WHERE status IN ('completed', 'failed', 'cancelled')",
     """CREATE TABLE {s}.requests (
-        seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        seq         bigint GENERATED ALWAYS AS IDENTITY,
         run_seq     bigint NOT NULL,
         created_at  double precision NOT NULL,
         resolved_at double precision,
@@ -105,25 +89,22 @@ BASE: tuple[str, ...] = (
         actor       text,
         source      text
     )""",
-    "CREATE INDEX requests_id ON {s}.requests USING hash (request_id)",
+    "CREATE INDEX requests_id ON {s}.requests (hashtextextended(request_id, 0))",
     "CREATE INDEX requests_by_run ON {s}.requests (run_seq, seq)",
     "CREATE INDEX requests_pending ON {s}.requests (seq) WHERE status = 'pending'",
-    # Events are ordered by (xid, seq): the writing transaction's id, then insertion
-    # order. A reader of the whole log takes only events below the oldest transaction
-    # still running, so an event that commits late can never land behind a position a
-    # follower has already passed.
+    # Events are numbered in commit order: a transaction takes the numbers under the
+    # event lock, held until it commits, so a reader never sees an event appear behind
+    # one it has already read.
     """CREATE TABLE {s}.events (
-        xid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
-        seq        bigint GENERATED ALWAYS AS IDENTITY,
+        seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         run_seq    bigint NOT NULL,
         created_at double precision NOT NULL,
         id         text NOT NULL,
         type       text NOT NULL,
-        data       json NOT NULL,
-        PRIMARY KEY (xid, seq)
+        data       json NOT NULL
     )""",
-    "CREATE INDEX events_id ON {s}.events USING hash (id)",
-    "CREATE INDEX events_by_run ON {s}.events (run_seq, xid, seq)",
+    "CREATE INDEX events_id ON {s}.events (hashtextextended(id, 0))",
+    "CREATE INDEX events_by_run ON {s}.events (run_seq, seq)",
     # scope is the user id, or '' for the account scope (user ids are never empty), so
     # that the unique constraint holds for the account scope too.
     """CREATE TABLE {s}.policies (
@@ -190,6 +171,7 @@ BASE: tuple[str, ...] = (
     "CREATE INDEX deliveries_due ON {s}.webhook_deliveries (coalesce(next_retry_at, 0), seq) "
     "WHERE status = 'pending'",
     "CREATE INDEX deliveries_by_run ON {s}.webhook_deliveries (run_id)",
+    WRITE_FUNCTION,
 )
 
 UPGRADES: dict[int, tuple[str, ...]] = {}
@@ -254,7 +236,8 @@ def inspect(conn: psycopg.Connection[tuple[object, ...]], schema: str, where: st
 
 def _statements(schema: str, texts: tuple[str, ...]) -> list[sql.Composed]:
     quoted = sql.Identifier(schema)
-    return [sql.SQL(text).format(s=quoted) for text in texts]
+    lock = sql.SQL("{}, hashtext({})").format(sql.Literal(EVENT_LOCK_CLASS), sql.Literal(schema))
+    return [sql.SQL(text).format(s=quoted, event_lock=lock) for text in texts]
 
 
 def ensure_schema(conn: psycopg.Connection[tuple[object, ...]], schema: str, where: str) -> int:

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from hitl_core.adapter import (
@@ -130,14 +131,14 @@ class PostgresStore(Store):
             row = conn.execute("SHOW synchronous_commit").fetchone()
             if row is not None and row[0] == "off":
                 wanted = "on"
-        if wanted is not None:
-            conn.execute("SELECT set_config('synchronous_commit', %s, false)", (wanted,))
+        if wanted is not None:  # one of parse_url's known values
+            conn.execute(sql.SQL("SET synchronous_commit = {}").format(sql.Literal(wanted)))
 
     def _new_pool(self) -> ConnectionPool[Conn]:
         config = self.config
         return ConnectionPool(
             config.conninfo,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "cursor_factory": psycopg.RawCursor},
             min_size=config.pool_min_size,
             max_size=config.pool_max_size,
             timeout=config.pool_timeout,
@@ -285,16 +286,34 @@ class _Scope(AbstractContextManager[Transaction]):
 class PostgresTransaction(Transaction):
     """The port's reads and writes inside one transaction of a PostgresStore."""
 
-    __slots__ = ("_began", "_read_versions", "_store", "_writes", "conn", "sql", "write")
+    __slots__ = (
+        "_began",
+        "_cursor",
+        "_read_versions",
+        "_requests",
+        "_run_requests",
+        "_store",
+        "_writes",
+        "conn",
+        "sql",
+        "write",
+    )
 
     def __init__(self, store: PostgresStore, write: bool) -> None:
         self._store = store
         self.sql = store.statements
         self.write = write
         self.conn: Conn | None = store.acquire()
+        self._cursor: psycopg.Cursor[Any] | None = None
         self._began = False
         self._writes = q.Writes()
         self._read_versions: dict[str, int] = {}
+        # requests that came with their runs: by id, and per run (pending ones, all of
+        # them when they all came); forgotten when this transaction writes the run's
+        self._requests: dict[str, PermissionRequest] = {}
+        self._run_requests: dict[
+            str, tuple[list[PermissionRequest], list[PermissionRequest] | None]
+        ] = {}
 
     # -- statements --------------------------------------------------------------------
     def _execute(self, query: str, params: Any, *, committing: bool = False) -> psycopg.Cursor[Any]:
@@ -306,8 +325,11 @@ class PostgresTransaction(Transaction):
             conn = self.conn
             if conn is None:
                 raise StoreError("store_closed", "this transaction has ended")
+            cursor = self._cursor
+            if cursor is None:
+                cursor = self._cursor = conn.cursor()
             try:
-                return conn.execute(query, params)
+                return cursor.execute(query, params)
             except psycopg.Error as error:
                 retry = (
                     not self._began
@@ -319,7 +341,7 @@ class PostgresTransaction(Transaction):
                     raise statement_error(
                         error, conn, store.where, committing=committing
                     ) from error
-                self.conn = None
+                self.conn = self._cursor = None
                 store.release(conn, broken=True)
                 self.conn = store.acquire()
         raise AssertionError("unreachable")
@@ -344,8 +366,7 @@ class PostgresTransaction(Transaction):
 
     def _send_writes(self, *, committing: bool) -> None:
         writes, self._writes = self._writes, q.Writes()
-        query, params = writes.statement(self.sql, self._store.channel)
-        self._execute(query, params, committing=committing)
+        self._execute(self.sql.write, writes.arguments(self._store.channel), committing=committing)
 
     def _reading(self, table: str) -> None:
         """Before a read of `table`: send what this transaction wrote to it."""
@@ -390,6 +411,7 @@ class PostgresTransaction(Transaction):
 
     def _end(self, *, rollback: bool) -> None:
         conn, self.conn = self.conn, None
+        self._cursor = None
         if conn is None:
             return
         broken = conn.broken
@@ -415,7 +437,16 @@ class PostgresTransaction(Transaction):
         if not _usable(run_id):
             return None
         row = self._one(self.sql.get_run, (run_id,))
-        return None if row is None else self._run_from(row)
+        if row is None:
+            return None
+        width = len(q.RUN.names)
+        run = self._run_from(row[:width])
+        complete, found = row[width], row[width + 1]
+        requests = [q.REQUEST.decode(tuple(fields)) for fields in found or ()]
+        self._requests.update((r.request_id, r) for r in requests)
+        pending = [r for r in requests if r.is_pending]
+        self._run_requests[run.id] = (pending, requests if complete else None)
+        return run
 
     def list_runs(
         self, *, user_id: str | None, status: str | None, limit: int, starting_after: str | None
@@ -434,10 +465,8 @@ class PostgresTransaction(Transaction):
         params: list[Any] = [after]
         if user_id is not None:
             params.append(user_id)
-        if status is not None:
-            params.append(str(status))
         params.append(limit + 1)
-        query = self.sql.list_runs[(user_id is not None, status is not None)]
+        query = self.sql.list_runs[(user_id is not None, None if status is None else str(status))]
         rows = self._rows(query, params)
         return [self._run_from(row) for row in rows[:limit]], len(rows) > limit
 
@@ -455,6 +484,8 @@ class PostgresTransaction(Transaction):
         return [row[0] for row in self._rows(self.sql.ended_runs, (before, limit))]
 
     def delete_runs(self, run_ids: Sequence[str]) -> None:
+        self._requests.clear()
+        self._run_requests.clear()
         if self._writes:
             self._flush()
         self._writes.runs_del.extend(run_id for run_id in run_ids if _usable(run_id))
@@ -480,7 +511,7 @@ class PostgresTransaction(Transaction):
 
     # -- requests --------------------------------------------------------------------------
     def get_request(self, request_id: str) -> PermissionRequest | None:
-        mine = self._writes.requests.get(request_id)
+        mine = self._writes.requests.get(request_id) or self._requests.get(request_id)
         if mine is not None:
             return mine
         if not _usable(request_id):
@@ -489,6 +520,11 @@ class PostgresTransaction(Transaction):
         return None if row is None else q.REQUEST.decode(row)
 
     def list_requests(self, run_id: str, *, pending_only: bool = False) -> list[PermissionRequest]:
+        came = self._run_requests.get(run_id)
+        if came is not None:
+            found = came[0] if pending_only else came[1]
+            if found is not None:
+                return list(found)
         self._reading("requests")
         if not _usable(run_id):
             return []
@@ -504,6 +540,8 @@ class PostgresTransaction(Transaction):
         buffered = self._writing().requests
         for request in requests:
             buffered[request.request_id] = request
+            self._requests.pop(request.request_id, None)
+            self._run_requests.pop(request.run_id, None)
 
     # -- policies --------------------------------------------------------------------------
     def find_policy(self, user_id: str | None, tool: str) -> PermissionPolicy | None:
@@ -524,8 +562,8 @@ class PostgresTransaction(Transaction):
         self._reading("policies")
         if not _usable(tool_name) or (user_id is not None and not _usable(user_id)):
             return []
-        params = {"scope": q.scope(user_id), "tool": tool_name, "prefixes": prefixes(tool_name)}
-        rows = self._rows(self.sql.candidate_policies, params)
+        key = q.scope(user_id)
+        rows = self._rows(self.sql.candidate_policies, (key, tool_name, key, prefixes(tool_name)))
         return [q.POLICY.decode(row[2:]) for row in rows]
 
     def list_policies(
@@ -577,21 +615,18 @@ class PostgresTransaction(Transaction):
         self, *, after: str | None, run_id: str | None, limit: int
     ) -> list[Event] | None:
         self._reading("events")
-        if after is not None and (
-            not _usable(after) or self._one(self.sql.event_at, (after,)) is None
-        ):
-            return None
-        if run_id is not None and not _usable(run_id):
-            return []
+        start = 0
+        if after is not None:
+            found = self._one(self.sql.event_seq, (after,)) if _usable(after) else None
+            if found is None:
+                return None
+            start = found[0]
         if run_id is None:
-            if after is None:
-                rows = self._rows(self.sql.list_events_first, (limit,))
-            else:
-                rows = self._rows(self.sql.list_events, (after, limit))
-        elif after is None:
-            rows = self._rows(self.sql.list_run_events_first, (run_id, limit))
+            rows = self._rows(self.sql.list_events, (start, limit))
+        elif not _usable(run_id):
+            return []
         else:
-            rows = self._rows(self.sql.list_run_events, (run_id, after, limit))
+            rows = self._rows(self.sql.list_run_events, (run_id, start, limit))
         return [q.EVENT.decode(row) for row in rows]
 
     def last_event_id(self) -> str | None:
