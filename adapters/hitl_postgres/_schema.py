@@ -61,8 +61,8 @@ BASE: tuple[str, ...] = (
     )""",
     "CREATE INDEX runs_id ON {s}.runs (hashtextextended(id, 0))",
     "CREATE INDEX runs_by_user ON {s}.runs (user_id, seq) WHERE user_id IS NOT NULL",
-    # one small index per live status, one for the ended runs: runs.list(status=...)
-    "CREATE INDEX runs_running ON {s}.runs (seq) WHERE status = 'running'",
+    # runs.list(status=...): a small index for the waiting runs, one for the ended ones;
+    # running runs are found through runs_claimable (they are few: agents at work)
     "CREATE INDEX runs_awaiting ON {s}.runs (seq) WHERE status = 'awaiting_approval'",
     "CREATE INDEX runs_ended_by_status ON {s}.runs (status, seq) "
     "WHERE status IN ('completed', 'failed', 'cancelled')",
