@@ -111,6 +111,7 @@ class Hitl:
         self.remember_scope = remember_scope
         self._closed = False
         self._waiters = Waiters(store, clock)
+        self._damaged: set[str] = set()  # overdue runs that cannot be suspended (logged once)
         self.runs = Runs(self)
         self.permissions = Permissions(self)
         self.tasks = Tasks(self)
@@ -135,10 +136,9 @@ class Hitl:
         the events recorded. A run that cannot be suspended (a damaged row) is logged
         and skipped, never fatal to the others."""
         events: list[Event] = []
-        skipped: set[str] = set()
         while True:
             batch = self._write(
-                lambda tx, ctx: self._suspend_due(tx, ctx, TICK_BATCH, skipped), others=False
+                lambda tx, ctx: self._suspend_due(tx, ctx, TICK_BATCH), others=False
             )
             if batch is None:
                 return events
@@ -175,7 +175,7 @@ class Hitl:
                 with self._store.transaction(write=True) as tx:
                     ctx = self._context(True)
                     if others:
-                        self._suspend_due(tx, ctx, DUE_BATCH, set())
+                        self._suspend_due(tx, ctx, DUE_BATCH)
                     result = work(tx, ctx)
                 self._waiters.committed()
                 return result
@@ -198,10 +198,10 @@ class Hitl:
         except _NeedsWrite:
             return self._write(work)
 
-    def _suspend_due(
-        self, tx: Transaction, ctx: Context, limit: int, skipped: set[str]
-    ) -> list[Event] | None:
-        """Suspend up to `limit` overdue runs; their events, or None when none was due."""
+    def _suspend_due(self, tx: Transaction, ctx: Context, limit: int) -> list[Event] | None:
+        """Suspend up to `limit` overdue runs; their events, or None when none was due.
+        A run that cannot be suspended is logged once and skipped from then on."""
+        skipped = self._damaged
         due = [run for run in tx.due_runs(ctx.now, limit + len(skipped)) if run.id not in skipped]
         if not due:
             return None

@@ -98,10 +98,12 @@ _TABLE: dict[tuple[RunStatus, str, bool], RunStatus | None] = {
 
 
 def _refuse(trigger: str, status: RunStatus) -> ConflictError:
-    if status.is_terminal or trigger not in _REFUSALS:
+    if status.is_terminal:
         return ConflictError(
             "run_not_active", f"the run is {status.value}; it can no longer change"
         )
+    if trigger not in _REFUSALS:  # only a damaged record gets here
+        return ConflictError("invalid_transition", f"cannot {trigger} a {status.value} run")
     code, message = _REFUSALS[trigger]
     return ConflictError(code, message)
 

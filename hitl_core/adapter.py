@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ._engine import open_store
 from ._errors import (
     ConflictError,
     HitlError,
@@ -69,6 +70,7 @@ __all__ = [
     "is_pattern",
     "literal_prefix",
     "matches",
+    "open_store",
     "prefixes",
     "to_json",
     "to_row",

@@ -30,9 +30,10 @@ def needs_serve_stack() -> None:
 
 
 class LiveServer:
-    """`hitl serve --port 0` on a store file; `url` is the API's base URL."""
+    """`hitl serve --port 0` on a store (a file path or a store URL); `url` is the API's
+    base URL."""
 
-    def __init__(self, db: Path, *args: str, key: str = API_KEY) -> None:
+    def __init__(self, db: Path | str, *args: str, key: str = API_KEY) -> None:
         self.db = db
         env = {**os.environ, "HITL_API_KEY": key}
         command = [str(HITL), "serve", "--port", "0", "--db", str(db)]

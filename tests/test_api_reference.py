@@ -21,8 +21,11 @@ from types import ModuleType
 from typing import Any
 
 import attrs
+import hitl_claude
 import hitl_cli
+import hitl_langgraph
 import hitl_memory
+import hitl_openai_agents
 import hitl_sqlite
 import hitl_webhooks
 
@@ -45,11 +48,18 @@ MODULES: dict[str, ModuleType] = {
     "hitl_cli": hitl_cli,
     "hitl_memory": hitl_memory,
     "hitl_sqlite": hitl_sqlite,
+    "hitl_langgraph": hitl_langgraph,
+    "hitl_openai_agents": hitl_openai_agents,
+    "hitl_claude": hitl_claude,
 }
 # Public but not in an __all__: documented all the same.
 EXTRA = {"webhooks.DEFAULT_EVENTS", "strategies.question"}
 # Classes whose own public methods each need an entry.
-METHODS_OF = {"Dispatcher": hitl_webhooks.Dispatcher}
+METHODS_OF = {
+    "Dispatcher": hitl_webhooks.Dispatcher,
+    "HitlMiddleware": hitl_langgraph.HitlMiddleware,
+    "HitlGate": hitl_openai_agents.HitlGate,
+}
 
 
 def entries() -> dict[str, str | None]:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hitl_sqlite import SqliteStore
 
 import hitl_core
 
@@ -104,8 +107,11 @@ def test_a_scenario_mismatch_fails_clearly(tmp_path: Path) -> None:
     [
         ("[run]\nhuman_in_the_loop = tru\n[[steps]]\ntick = true\n", "line 2"),
         ('[run]\n[[steps]]\nagent = "dance"\n', "steps[0].agent: unknown action 'dance'"),
-        ("[run]\ncolour = 1\n[[steps]]\ntick = true\n", "run: unknown key 'colour'"),
-        ("[[steps]]\nat = 5\ntick = true\n[[steps]]\nat = 1\ntick = true\n", "steps[1]: 'at'"),
+        ("[run]\ncolour = 1\n[[steps]]\ntick = true\n", "run.colour: unknown key 'colour'"),
+        (
+            "[[steps]]\nat = 5\ntick = true\n[[steps]]\nat = 1\ntick = true\n",
+            "steps[1].at: must be a number of seconds >= 5",
+        ),
         ('[[steps]]\nagent = "complete"\nhuman = "cancel"\n', "steps[0]: needs exactly one"),
     ],
 )
@@ -138,12 +144,12 @@ def _waiting_run(db: Path) -> tuple[str, str, str]:
 def test_operator_commands(tmp_path: Path) -> None:
     db = tmp_path / "ops.db"
     run_id, gate_id, question_id = _waiting_run(db)
-    listed = json.loads(hitl("runs", "list", "--json", db=db).stdout)
-    assert [r["id"] for r in listed["data"]] == [run_id]
+    listed = json_lines(hitl("runs", "list", "--json", db=db).stdout)
+    assert [r["id"] for r in listed] == [run_id]
     assert run_id in hitl("runs", "list", db=db).stdout
     shown = hitl("runs", "show", run_id, db=db).stdout
     assert gate_id in shown and "gmail.send" in shown and "Tone = formal?" in shown
-    pending = json.loads(hitl("pending", "--json", db=db).stdout)
+    pending = json_lines(hitl("pending", "--json", db=db).stdout)
     assert [p["request_id"] for p in pending] == [gate_id, question_id]
     approved = hitl("approve", run_id, gate_id, "--remember", "--reason", "ok", db=db).stdout
     assert "allowed (remembered)" in approved
@@ -168,6 +174,186 @@ def test_operator_commands(tmp_path: Path) -> None:
     assert hitl("tick", db=db).stdout.strip() == "0 event(s)"
     assert "cancelled" in hitl("cancel", run_id, db=db).stdout
     assert hitl("cancel", run_id, db=db, check=1).stderr.startswith("error: run_not_active:")
+
+
+def json_lines(out: str) -> list[dict[str, Any]]:
+    """JSON Lines: every line one JSON object (an empty listing prints nothing)."""
+    assert out == "" or out.endswith("\n"), out
+    records = [json.loads(line) for line in out.splitlines()]
+    assert all(isinstance(record, dict) for record in records), out
+    return records
+
+
+def test_every_json_output_is_json_lines(tmp_path: Path) -> None:
+    """Listings print one object per record per line; single results one line."""
+    db = tmp_path / "j.db"
+    for command in (["runs", "list"], ["pending"], ["policies", "list"], ["events"], ["tick"]):
+        assert hitl(*command, "--json", db=db).stdout == "", command  # empty: no output
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        first = engine.runs.create(
+            human_in_the_loop=True, permission_mode="approval", input_timeout=0.05
+        )
+        second = engine.runs.create(human_in_the_loop=True, permission_mode="approval")
+        gates = [engine.agent(r.id).request_tool("gmail.send") for r in (first, second)]
+        question = engine.agent(second.id).ask(
+            [{"question": "Which?", "header": "", "options": ["a", "b"]}]
+        )
+        engine.permissions.create(tool="slack.*")
+        engine.permissions.create(tool="crm.*")
+    time.sleep(0.1)  # real time must pass for the first run's deadline; not a timing assertion
+
+    ticked = json_lines(hitl("tick", "--json", db=db).stdout)  # the first call to see it
+    assert [(e["type"], e["run_id"]) for e in ticked] == [("run.suspended", first.id)]
+    runs = json_lines(hitl("runs", "list", "--json", db=db).stdout)
+    assert [r["id"] for r in runs] == [first.id, second.id]
+    paged = hitl("runs", "list", "--json", "--limit", "1", db=db)
+    assert [r["id"] for r in json_lines(paged.stdout)] == [first.id]
+    assert paged.stderr == f"more: --after {first.id}\n"
+    after = json_lines(hitl("runs", "list", "--json", "--after", first.id, db=db).stdout)
+    assert [r["id"] for r in after] == [second.id]
+    pending = json_lines(hitl("pending", "--json", db=db).stdout)
+    assert [p["request_id"] for p in pending] == [
+        gates[0].request_id,
+        gates[1].request_id,
+        question.request_id,
+    ]
+    policies = json_lines(hitl("policies", "list", "--json", db=db).stdout)
+    assert [p["tool_name"] for p in policies] == ["slack.*", "crm.*"]
+    listed = json_lines(hitl("events", "--json", db=db).stdout)
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        assert [e["id"] for e in listed] == [e.id for e in engine.events.list()]
+    assert len(listed) == 6  # two starts, three requests opened, one suspension
+
+    single = [
+        ["runs", "show", first.id],
+        ["approve", second.id, str(gates[1].request_id)],
+        ["answer", second.id, "Which?=a"],
+        ["cancel", first.id],
+        ["policies", "add", "docs.*"],
+        ["policies", "rm", policies[0]["id"]],
+        ["simulate", str(ROOT / "docs/scenarios/approval.toml")],
+    ]
+    for command in single:
+        (record,) = json_lines(hitl(*command, "--json", db=db).stdout)
+        assert record, command
+    assert (
+        json_lines(hitl("runs", "show", first.id, "--json", db=db).stdout)[0]["run"]["status"]
+        == "cancelled"
+    )
+
+
+LONG = "Which format should the quarterly report for the board take, given the audit?"
+
+
+def test_pending_shows_what_answer_needs(tmp_path: Path) -> None:
+    """Question texts (whole), their options and the plan, plain and JSON."""
+    db = tmp_path / "q.db"
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        run = engine.runs.create(human_in_the_loop=True, permission_mode="plan")
+        agent = engine.agent(run.id)
+        asked = agent.ask(
+            [
+                {"question": LONG, "header": "Format", "options": ["PDF", "Slide deck"]},
+                {
+                    "question": "Regions?",
+                    "header": "Regions",
+                    "options": [{"label": "eu", "description": "Europe"}, "us"],
+                    "multiSelect": True,
+                },
+            ]
+        )
+        plan = agent.propose_plan("1. Export leads\n2. Update the CRM")
+    out = hitl("pending", db=db).stdout
+    lines = out.splitlines()
+    assert f"    {LONG}  [PDF | Slide deck]" in lines
+    assert "    Regions?  [eu | us] (several: 'eu, us')" in lines
+    assert "      1. Export leads" in lines and "      2. Update the CRM" in lines
+    assert "    Plan Approval  [Approve | or feedback text]" in lines
+    by_id = {r["request_id"]: r for r in json_lines(hitl("pending", "--json", db=db).stdout)}
+    questions = by_id[asked.request_id]["questions"]
+    assert [q["question"] for q in questions] == [LONG, "Regions?"]
+    assert [o["label"] for o in questions[1]["options"]] == ["eu", "us"]
+    assert questions[1]["multiSelect"] is True
+    assert by_id[plan.request_id]["plan_text"] == "1. Export leads\n2. Update the CRM"
+    assert [o["label"] for o in by_id[plan.request_id]["questions"][0]["options"]] == [
+        "Approve",
+        "Revise",
+    ]
+    # what the listing shows is what `hitl answer` takes
+    hitl("answer", run.id, f"{LONG}=Slide deck", "Regions?=eu, us", db=db)
+    hitl("answer", run.id, "Plan Approval=Approve", db=db)
+    assert hitl("pending", db=db).stdout == "(none)\n"
+
+
+STORE_COMMANDS = [
+    ["runs", "list"],
+    ["pending"],
+    ["policies", "list"],
+    ["events"],
+    ["tick"],
+]
+
+
+def test_db_takes_a_store_url(tmp_path: Path) -> None:
+    """`--db` (before or after the command) and $HITL_DB: a value with :// is a store URL;
+    sqlite:/// is followed by a relative path, or an absolute one with a fourth slash."""
+    absolute = tmp_path / "abs.db"
+    run_id, gate_id, _ = _waiting_run(absolute)
+    url = f"sqlite:///{absolute}"  # the path starts with /: four slashes
+    assert url.startswith("sqlite:////")
+    for command in STORE_COMMANDS:
+        hitl("--db", url, *command)
+        hitl(*command, "--db", url)
+        hitl(*command, env={"HITL_DB": url})
+    assert gate_id in hitl("--db", url, "pending").stdout
+    assert gate_id in hitl("pending", "--db", url).stdout
+    assert gate_id in hitl("pending", env={"HITL_DB": url}).stdout
+    hitl("approve", run_id, gate_id, "--db", url)
+    assert "allowed" in hitl("runs", "show", run_id, env={"HITL_DB": url}).stdout
+    relative = subprocess.run(
+        [HITL, "--db", "sqlite:///rel.db", "runs", "list"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert relative.returncode == 0 and (tmp_path / "rel.db").exists()
+    assert hitl("runs", "list", "--db", "memory://").stdout == "(none)\n"
+    unknown = hitl("runs", "list", "--db", "nosuch://x", check=1)
+    assert unknown.stderr.startswith("error: invalid_url: no store is registered for nosuch://")
+    assert hitl("pending", "--db", "sqlite:///", check=1).stderr.startswith("error: invalid_url:")
+
+
+def test_db_without_a_scheme_is_always_a_file_path(tmp_path: Path) -> None:
+    """Characters a URL would read as options or fragments belong to the file name."""
+    for name in ("odd?name.db", "a?synchronous=NORMAL", "hash#tag.db", "per%20cent.db"):
+        path = tmp_path / name
+        added = json_lines(hitl("policies", "add", "slack.*", "--json", db=path).stdout)
+        listed = json_lines(hitl("policies", "list", "--json", env={"HITL_DB": str(path)}).stdout)
+        assert [p["id"] for p in listed] == [added[0]["id"]]
+        with hitl_core.connect(SqliteStore(str(path))) as engine:  # that very file
+            assert [p.id for p in engine.permissions.list().data] == [added[0]["id"]]
+    assert not (tmp_path / "odd").exists() and not (tmp_path / "a").exists()
+
+
+def test_db_takes_a_third_party_scheme(tmp_path: Path) -> None:
+    """Any scheme of the hitl_core.stores entry points works, here the adapter guide's
+    jsonfile store registered for the `hitl` subprocess as an installed package would be."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from register import entry_point
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    spec = "jsonfile = jsonfile_store:open_store"
+    with entry_point("hitl_core.stores", spec, import_from=ROOT / "docs" / "examples"):
+        env = {"PYTHONPATH": os.pathsep.join(sys.path)}
+        url = f"jsonfile:///{tmp_path / 'state.json'}"
+        added = json_lines(
+            hitl("policies", "add", "slack.*", "--json", "--db", url, env=env).stdout
+        )
+        listed = json_lines(hitl("--db", url, "policies", "list", "--json", env=env).stdout)
+    assert [p["id"] for p in listed] == [added[0]["id"]]
+    assert (tmp_path / "state.json").exists()
 
 
 def test_errors_are_one_line(tmp_path: Path) -> None:
@@ -212,6 +398,29 @@ def test_events_follow_prints_new_events(tmp_path: Path) -> None:
     finally:
         follower.kill()
         follower.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_events_follow_stops_cleanly_on_a_signal(tmp_path: Path, signum: int) -> None:
+    db = tmp_path / "s.db"
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        run = engine.runs.create()
+    follower = subprocess.Popen(
+        [HITL, "--db", str(db), "events", "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        assert json.loads(follower.stdout.readline())["run_id"] == run.id  # it is following
+        follower.send_signal(signum)
+        out, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert (follower.returncode, out, err) == (0, "", "")
+    with hitl_core.connect(f"sqlite:///{db}") as engine:  # the file is fine afterwards
+        assert engine.runs.get(run.id).status == "running"
 
 
 AGENT = """

@@ -57,3 +57,30 @@ def test_webhook_approval_example_runs() -> None:
     ).stdout
     assert "agent: decision is allowed" in out
     assert "('run.awaiting_input', 'delivered'), ('run.completed', 'delivered')" in out
+
+
+def _example(name: str) -> str:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "examples" / name)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+
+
+def test_langgraph_example_runs() -> None:
+    out = _example("langgraph_agent.py")
+    assert "tool result: invoice for 1200 EUR sent to ACME" in out
+    assert "run status: completed" in out and "next run paused: False" in out
+
+
+def test_openai_agents_example_runs() -> None:
+    out = _example("openai_agents_host.py")
+    assert "tool output: call_1 -> refunded 40 EUR on A-1" in out
+    assert "tool output: call_2 -> over 500 EUR needs a manager: offer a voucher instead" in out
+
+
+def test_claude_example_runs() -> None:
+    out = _example("claude_agent.py")
+    assert "the SDK answered: allow" in out and "decided by: alice" in out

@@ -455,6 +455,58 @@ def test_tasks_create_get_and_run(client: Any) -> None:
         client.tasks.run(task.id, stream=False, human_in_the_loop=True, user_id="cust_other")
 
 
+def _raw(server: LiveServer, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST over raw HTTP (urllib), as a client without the SDK would."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        server.url + path,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {server.key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+        return result
+
+
+def test_sdk_and_raw_http_differ_as_serve_md_says(client: Any, live_server: LiveServer) -> None:
+    """docs/serve.md, "The SDK and raw HTTP": agent_id, input_timeout, stream."""
+    import inspect
+
+    from m8tes import ValidationError
+
+    # tasks.create: the SDK refuses to send it without agent_id (the server needs none)
+    with pytest.raises(ValueError, match="agent_id"):
+        client.tasks.create(instructions="Email the report")
+    assert client.tasks.create(instructions="Email the report", agent_id=1).teammate_id == 1
+    assert _raw(live_server, "/tasks/", {"instructions": "Email the report"})["teammate_id"] is None
+    # ... and it has no human_in_the_loop argument; raw HTTP takes one
+    assert "human_in_the_loop" not in inspect.signature(client.tasks.create).parameters
+    task = _raw(
+        live_server,
+        "/tasks/",
+        {"instructions": "Email", "human_in_the_loop": True, "permission_mode": "approval"},
+    )
+    assert task["human_in_the_loop"] is True
+    # input_timeout: no SDK call takes it; raw HTTP runs (and task runs) do
+    for call in (client.runs.create, client.runs.create_and_wait, client.tasks.run):
+        assert "input_timeout" not in inspect.signature(call).parameters
+    timed = {"message": "hello", "input_timeout": 30}
+    assert _raw(live_server, "/runs/", timed)["input_timeout"] == 30.0
+    assert (
+        _raw(live_server, f"/tasks/{task['id']}/runs", {"input_timeout": 12})["input_timeout"]
+        == 12.0
+    )
+    # stream: the SDK defaults to True (refused here); raw HTTP without it is a JSON run
+    for call in (client.runs.create, client.tasks.run):
+        assert inspect.signature(call).parameters["stream"].default is True
+    with pytest.raises(ValidationError) as refused:
+        client.runs.create(message="hello")
+    assert refused.value.code == "streaming_unsupported"
+    assert _raw(live_server, "/runs/", {"message": "hello"})["status"] == "running"
+
+
 def test_an_idempotency_key_replays_the_same_run(client: Any) -> None:
     first = client.runs.create(message="hello", stream=False, idempotency_key="job-42")
     second = client.runs.create(message="hello", stream=False, idempotency_key="job-42")

@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import API_KEY, HITL, LiveServer, needs_serve_stack
+from hitl_sqlite import SqliteStore
+
+import hitl_core
 
 
 @pytest.fixture(scope="module")
@@ -350,3 +353,21 @@ def test_serve_without_the_extra_prints_how_to_install_it() -> None:
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "pip install 'hitl-core[serve]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("form", ["url", "odd path"])
+def test_serve_db_takes_a_url_or_any_file_path(tmp_path: Path, form: str) -> None:
+    needs_serve_stack()
+    path = tmp_path / ("hitl.db" if form == "url" else "odd?name#1.db")
+    server = LiveServer(f"sqlite:///{path}" if form == "url" else path)
+    try:
+        assert server.banner.endswith(f"(store sqlite:///{path})")
+        status, _, run = call(server.url, "POST", "/runs/", {"message": "hi", "stream": False})
+        assert status == 200
+    finally:
+        code, err = server.stop()
+    assert (code, err) == (0, "")
+    assert path.exists() and Path(f"{path}.serve").exists()
+    with hitl_core.connect(SqliteStore(str(path))) as engine:  # the run is in that very file
+        (stored,) = engine.runs.list(limit=100).data
+    assert int(stored.id.split("_")[1], 16) == run["id"]  # the wire id is the core id's hex

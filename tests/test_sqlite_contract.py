@@ -3,10 +3,13 @@ store: once on a file in a temporary directory, once on `sqlite:///:memory:`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from hitl_core import Store
+from hitl_core.adapter import open_store
 from hitl_core.testing.contract import HitlContract
 
 
@@ -17,6 +20,14 @@ class TestSqliteFileStore(HitlContract):
 
 
 class TestSqliteMemoryStore(HitlContract):
+    durable = False
+
     @pytest.fixture
     def store_url(self) -> str:
         return "sqlite:///:memory:"
+
+    @pytest.fixture
+    def store_factory(self) -> Iterator[Callable[[], Store]]:
+        shared = open_store("sqlite:///:memory:")  # each open is a new database: share one
+        yield lambda: shared
+        shared.close()

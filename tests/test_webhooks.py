@@ -7,7 +7,10 @@ import hashlib
 import hmac
 import http.server
 import json
+import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hitl_webhooks import Dispatcher
+from hitl_webhooks import Dispatcher, Response
 
 import hitl_core
 from hitl_core import ManualClock, NotFoundError, ValidationError
@@ -341,3 +344,157 @@ def test_a_second_endpoint_does_not_skip_events_waiting_for_the_first(
 def test_outbox_arguments_are_checked(hitl: hitl_core.Hitl, call: Any) -> None:
     with pytest.raises(ValidationError):
         call(hitl)
+
+
+# -- the worker loop survives a failing pass ------------------------------------------------
+
+LOCKER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")  # hold the write lock until told to let go
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+"""
+
+
+class Records(logging.Handler):
+    """Collects the log records of one logger."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger(name)
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        self.logger.removeHandler(self)
+        super().close()
+
+
+def _until(condition: Any, thread: threading.Thread, what: str) -> None:
+    """Wait (at most 60 s) for `condition()` while the worker thread lives."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert thread.is_alive(), f"the worker ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within 60 s"
+        time.sleep(0.02)
+
+
+def test_run_forever_survives_a_locked_store(tmp_path: Path, receiver: Receiver) -> None:
+    db = tmp_path / "locked.db"
+    records = Records("hitl_webhooks")
+    with hitl_core.connect(f"sqlite:///{db}") as hitl:
+        hitl.webhooks.create(url=receiver.url)
+        run_id = _completed_run(hitl)  # the first pass must write: fan this event out
+        locker = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, str(db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        stop = threading.Event()
+        worker = threading.Thread(
+            target=Dispatcher(hitl).run_forever, args=(stop,), kwargs={"interval": 0.05}
+        )
+        try:
+            assert locker.stdout is not None and locker.stdin is not None
+            assert locker.stdout.readline() == "locked\n"
+            worker.start()
+
+            def busy_logged() -> bool:
+                return any(
+                    r.exc_info and getattr(r.exc_info[1], "code", None) == "store_busy"
+                    for r in records.records
+                )
+
+            _until(busy_logged, worker, "store_busy error logged")
+            locker.stdin.write("go\n")
+            locker.stdin.flush()
+            assert locker.wait(timeout=30) == 0
+            _until(lambda: len(receiver.received) == 1, worker, "delivery after the lock")
+            assert json.loads(receiver.received[0][1])["run_id"] == run_id
+        finally:
+            stop.set()
+            worker.join(30)
+            locker.kill()
+            records.close()
+        assert not worker.is_alive()
+    (error,) = {r.levelno for r in records.records if r.exc_info}
+    assert error == logging.ERROR
+
+
+def test_a_sender_that_raises_is_a_failed_attempt(clock: ManualClock) -> None:
+    sent: list[str] = []
+
+    def flaky(url: str, body: str, headers: dict[str, str], timeout: float) -> Response:
+        if not sent:
+            sent.append("boom")
+            raise RuntimeError("boom")
+        sent.append(body)
+        return Response(204)
+
+    records = Records("hitl_webhooks")
+    try:
+        with hitl_core.connect("memory://", clock=clock) as hitl:
+            hitl.webhooks.create(url="http://127.0.0.1:9/hook")
+            run_id = _completed_run(hitl)
+            (first,) = Dispatcher(hitl, send=flaky).run_once()
+            assert (first.status, first.attempts) == ("pending", 1)
+            assert first.error == "RuntimeError: boom"
+            clock.advance(2)
+            (second,) = Dispatcher(hitl, send=flaky).run_once()
+            assert (second.id, second.status, second.attempts) == (first.id, "delivered", 2)
+            assert json.loads(sent[1])["run_id"] == run_id
+    finally:
+        records.close()
+    (logged,) = [r for r in records.records if r.exc_info]
+    assert isinstance(logged.exc_info[1], RuntimeError)  # type: ignore[index]
+
+
+def test_run_forever_survives_a_sender_that_always_raises(clock: ManualClock) -> None:
+    calls: list[str] = []
+
+    def broken(url: str, body: str, headers: dict[str, str], timeout: float) -> Response:
+        calls.append(url)
+        raise OSError("no route")
+
+    with hitl_core.connect("memory://", clock=clock) as hitl:
+        endpoint = hitl.webhooks.create(url="http://127.0.0.1:9/hook")
+        _completed_run(hitl)
+        stop = threading.Event()
+        loop = Dispatcher(hitl, send=broken, backoff=(0.0, 0.0)).run_forever  # retry at once
+        worker = threading.Thread(target=loop, args=(stop,), kwargs={"interval": 0.01})
+        worker.start()
+        try:
+            _until(lambda: len(calls) == 3, worker, "three attempts")
+
+            def failed() -> bool:
+                (log,) = hitl.webhooks.list_deliveries(endpoint.id).data
+                return bool(log.status == "failed")
+
+            _until(failed, worker, "the delivery to fail")
+            _completed_run(hitl)  # the loop goes on with the next event
+            _until(lambda: len(calls) == 6, worker, "the next event's attempts")
+        finally:
+            stop.set()
+            worker.join(30)
+        assert not worker.is_alive()
+
+
+def test_the_dispatcher_claims_with_its_own_max_attempts(
+    hitl: hitl_core.Hitl, clock: ManualClock, receiver: Receiver
+) -> None:
+    """Three workers died mid-send; a dispatcher allowing five attempts still sends."""
+    hitl.webhooks.create(url=receiver.url)
+    _completed_run(hitl)
+    hitl.webhooks.enqueue()
+    for _ in range(3):
+        assert len(hitl.webhooks.claim(lease_seconds=1, max_attempts=5)) == 1
+        clock.advance(2)  # the lease ends with no outcome recorded
+    (delivered,) = Dispatcher(hitl, max_attempts=5).run_once()
+    assert (delivered.status, delivered.attempts) == ("delivered", 4)
+    assert len(receiver.received) == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+from hitl_sqlite import SqliteStore
 
 import hitl_core
 from hitl_core import HitlError, ValidationError
@@ -23,12 +25,18 @@ from .scenario import ScenarioError, load, play
 __all__ = ["main"]
 
 DEFAULT_DB = "hitl.db"
+PASSWORD_ENV = "HITL_INBOX_PASSWORD"  # hitl_inbox.PASSWORD_ENV, known without the extra
 
 
-def store_url(db: str | None) -> str:
-    """The store URL for `--db` (a path or a URL), else $HITL_DB, else ./hitl.db."""
+def open_store(db: str | None) -> tuple[str | hitl_core.Store, str]:
+    """The store `--db` names (else $HITL_DB, else ./hitl.db), as `hitl_core.connect`
+    takes it, and how to show it. A value holding `://` is a store URL, of any scheme the
+    `hitl_core.stores` entry points register; anything else is an SQLite file path, taken
+    as written (never read as a URL, so `?` and `#` belong to the file name)."""
     chosen = db or os.environ.get("HITL_DB") or DEFAULT_DB
-    return chosen if "://" in chosen else f"sqlite:///{chosen}"
+    if "://" in chosen:
+        return chosen, chosen
+    return SqliteStore(chosen), f"sqlite:///{chosen}"
 
 
 def _when(seconds: float | None) -> str:
@@ -52,6 +60,8 @@ def _record(value: Any) -> Any:
         out[name] = _record(item) if attrs.has(type(item)) else item
     if isinstance(value, hitl_core.PermissionRequest):
         out["is_plan_approval"] = value.is_plan_approval
+        out["plan_text"] = value.plan_text
+        out["questions"] = value.questions
     return out
 
 
@@ -62,17 +72,46 @@ def _json_default(value: Any) -> Any:
 
 
 def emit_json(value: Any) -> None:
-    print(json.dumps(_record(value), indent=2, default=_json_default))
+    """Print one JSON value on one line (every `--json` output is JSON Lines)."""
+    print(json.dumps(_record(value), default=_json_default), flush=True)
 
 
-def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
-    """Print rows as aligned columns."""
+def emit_lines(values: Sequence[Any]) -> None:
+    """Print a listing as JSON Lines: one object per record per line, nothing when empty."""
+    for value in values:
+        emit_json(value)
+
+
+def table(
+    rows: Sequence[Sequence[str]],
+    header: Sequence[str],
+    details: Sequence[Sequence[str]] | None = None,
+) -> None:
+    """Print rows as aligned columns; `details[i]` are lines printed under row i."""
     if not rows:
         print("(none)")
         return
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+    def line(row: Sequence[str]) -> str:
+        cells = (str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+        return "  ".join(cells).rstrip()
+
+    print(line(header))
+    for index, row in enumerate(rows):
+        print(line(row))
+        for detail in details[index] if details else ():
+            print(detail)
+
+
+def _summary(request: hitl_core.PermissionRequest) -> str:
+    """A request in a few words; question and plan texts follow on their own lines."""
+    if request.kind == "tool":
+        return _describe(request)[:70]
+    if request.is_plan_approval:
+        return f"plan revision {request.tool_input.get('revision')}"
+    count = len(request.questions)
+    return f"{count} question{'s' if count > 1 else ''}"
 
 
 def _describe(request: hitl_core.PermissionRequest) -> str:
@@ -95,13 +134,9 @@ def cmd_runs_list(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
         user_id=args.user, status=args.status, limit=args.limit, starting_after=args.after
     )
     if args.json:
-        emit_json(
-            {
-                "data": page.data,
-                "has_more": page.has_more,
-                "next_starting_after": page.next_starting_after,
-            }
-        )
+        emit_lines(page.data)
+        if page.has_more:
+            print(f"more: --after {page.next_starting_after}", file=sys.stderr)
         return 0
     table(
         [
@@ -151,14 +186,28 @@ def cmd_runs_show(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
     return 0
 
 
+def _to_answer(request: hitl_core.PermissionRequest) -> list[str]:
+    """The lines under a pending question or plan: what `hitl answer` takes, whole."""
+    if request.is_plan_approval:
+        plan = [f"      {line}" for line in (request.plan_text or "").splitlines()]
+        return [*plan, "    Plan Approval  [Approve | or feedback text]"]
+    lines = []
+    for question in request.questions:
+        labels = [option["label"] for option in question["options"]]
+        several = f" (several: {', '.join(labels[:2])!r})" if question["multiSelect"] else ""
+        lines.append(f"    {question['question']}  [{' | '.join(labels)}]{several}")
+    return lines
+
+
 def cmd_pending(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
     pending = hitl.runs.pending(limit=args.limit)
     if args.json:
-        emit_json(pending)
+        emit_lines(pending)
         return 0
     table(
-        [(r.run_id, r.request_id, r.kind, _when(r.created_at), _describe(r)[:70]) for r in pending],
+        [(r.run_id, r.request_id, r.kind, _when(r.created_at), _summary(r)) for r in pending],
         ("RUN", "REQUEST", "KIND", "SINCE", "WHAT"),
+        [_to_answer(r) for r in pending],
     )
     return 0
 
@@ -229,6 +278,9 @@ def cmd_answer(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
 
 def cmd_cancel(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
     run = hitl.runs.cancel(args.run)
+    if args.json:
+        emit_json(run)
+        return 0
     print(f"{run.id}: {run.status.value}")
     return 0
 
@@ -244,7 +296,10 @@ def cmd_policies(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
         return 0
     if args.policy_command == "rm":
         policy = hitl.permissions.delete(args.policy, user_id=args.user)
-        print(f"{policy.id}: removed ({policy.tool_name})")
+        if args.json:
+            emit_json(policy)
+        else:
+            print(f"{policy.id}: removed ({policy.tool_name})")
         return 0
     policies: list[hitl_core.PermissionPolicy] = []
     while True:
@@ -255,7 +310,7 @@ def cmd_policies(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
         if not page.has_more:
             break
     if args.json:
-        emit_json(policies)
+        emit_lines(policies)
         return 0
     table(
         [(p.id, p.tool_name, p.source, _when(p.created_at)) for p in policies],
@@ -266,7 +321,7 @@ def cmd_policies(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
 
 def _print_event(event: hitl_core.Event, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(_record(event)), flush=True)
+        emit_json(event)
         return
     data = " ".join(f"{k}={v}" for k, v in event.data.items() if v is not None)
     print(
@@ -275,18 +330,38 @@ def _print_event(event: hitl_core.Event, as_json: bool) -> None:
     )
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT arrived while `events --follow` was following."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
 def cmd_events(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
-    after = args.after
-    while True:
-        events = hitl.events.list(after=after, run_id=args.run, limit=1000)
-        for event in events:
+    if not args.follow:
+        for event in hitl.events.list(after=args.after, run_id=args.run, limit=1000):
             _print_event(event, args.json)
-        if events:
-            after = events[-1].id
-        if not args.follow:
-            return 0
-        if not events:
-            time.sleep(args.interval)
+        return 0
+    # Following ends only by a signal: SIGTERM and SIGINT are the normal way out (exit 0,
+    # as for `hitl serve`). The loop only reads, so stopping it anywhere is safe.
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, _stop) for sig in handled}
+    try:
+        after = args.after
+        while True:
+            events = hitl.events.list(after=after, run_id=args.run, limit=1000)
+            for event in events:
+                _print_event(event, args.json)
+            if events:
+                after = events[-1].id
+            else:
+                time.sleep(args.interval)
+    except _Stopped:
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_tick(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
@@ -302,10 +377,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         outcome = play(load(args.scenario))
     except ScenarioError as error:
+        if args.json:
+            print(json.dumps({"error": error.to_json()}))
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(outcome.to_json(), indent=2))
+        print(json.dumps(outcome.to_json()))
     else:
         print(f"scenario {outcome.name}" + (f" (run {outcome.run_id})" if outcome.run_id else ""))
         for entry in outcome.timeline:
@@ -352,14 +429,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ScenarioError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    store, shown = open_store(args.db)
     try:
         hitl_server.serve(
-            store_url(args.db),
+            store,
+            shown=shown,
             host=args.host,
             port=args.port,
             api_key=key,
             scenario=scenario,
             webhook_interval=args.webhook_interval,
+        )
+    except OSError as error:
+        if not isinstance(store, str):
+            store.close()  # the server never took it
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    try:
+        import hitl_inbox
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print(f"error: {SERVE_HINT.replace('hitl serve', 'hitl inbox')}", file=sys.stderr)
+        return 1
+    password = os.environ.get(hitl_inbox.PASSWORD_ENV)
+    if not password:
+        print(
+            f"error: no password: set {hitl_inbox.PASSWORD_ENV} (people sign in with it)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        hitl_inbox.serve(
+            store_url(args.db),
+            host=args.host,
+            port=args.port,
+            password=password,
+            poll_interval=args.poll_interval,
         )
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -370,7 +480,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(store_url(args.db))
+    store, shown = open_store(args.db)
+    return run_demo(store, shown)
 
 
 # -- the parser ---------------------------------------------------------------------------
@@ -380,20 +491,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hitl", description="Human-in-the-loop control of agent runs (hitl-core)."
     )
-    parser.add_argument(
-        "--db", help=f"store: a file path or URL (default $HITL_DB or ./{DEFAULT_DB})"
+    db_help = (
+        "the store: an SQLite file path, or a store URL such as sqlite:///hitl.db, "
+        f"memory:// or postgresql://... (default $HITL_DB or ./{DEFAULT_DB})"
     )
+    parser.add_argument("--db", help=db_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def db_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
 
     def command(
         name: str, handler: Callable[..., int], help_text: str, store: bool = True
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler, needs_store=store)
+        if name not in ("simulate", "runs", "policies"):
+            db_flag(p)
         return p
 
     def json_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        p.add_argument("--json", action="store_true", help="print JSON Lines for scripts")
 
     command("demo", cmd_demo, "run a scripted agent and person through every mode", store=False)
     simulate = command("simulate", cmd_simulate, "play a scenario file (TOML or JSON)", store=False)
@@ -413,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=cmd_runs_show)
     show.add_argument("run")
     json_flag(show)
+    for p in (listing, show):
+        db_flag(p)
 
     pending = command("pending", cmd_pending, "every pending request across runs")
     pending.add_argument("--limit", type=int, default=100)
@@ -436,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cancel = command("cancel", cmd_cancel, "cancel a run")
     cancel.add_argument("run")
+    json_flag(cancel)
 
     policies = command("policies", cmd_policies, "pre-approval policies: add, list, rm")
     policy_sub = policies.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
@@ -447,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (add, listed, remove):
         p.add_argument("--user", help="the user scope (default: the account)")
         json_flag(p)
+        db_flag(p)
 
     events = command("events", cmd_events, "print events (optionally following new ones)")
     events.add_argument("--follow", "-f", action="store_true")
@@ -467,9 +589,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     serve.add_argument("--api-key", help="the bearer key clients send (default $HITL_API_KEY)")
-    serve.add_argument("--db", default=argparse.SUPPRESS, help="as hitl --db")
     serve.add_argument("--scenario", help="a scenario file every run's agent follows")
     serve.add_argument("--webhook-interval", type=float, default=0.5, help=argparse.SUPPRESS)
+
+    inbox = command(
+        "inbox",
+        cmd_inbox,
+        f"serve the approval inbox web page (password from ${PASSWORD_ENV})",
+        store=False,
+    )
+    inbox.add_argument("--host", default="127.0.0.1")
+    inbox.add_argument("--port", type=int, default=8001, help="0 picks a free port")
+    inbox.add_argument("--db", default=argparse.SUPPRESS, help="as hitl --db")
+    inbox.add_argument("--poll-interval", type=float, default=0.2, help=argparse.SUPPRESS)
     return parser
 
 
@@ -480,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.needs_store:
             code: int = args.handler(args)
             return code
-        with hitl_core.connect(store_url(args.db)) as hitl:
+        with hitl_core.connect(open_store(args.db)[0]) as hitl:
             code = args.handler(hitl, args)
             return code
     except HitlError as error:

@@ -55,12 +55,13 @@ def _header(title: str, detail: str = "") -> None:
     print(f"== {title}" + (f"  [{detail}]" if detail else ""))
 
 
-def run_demo(url: str) -> int:
-    """Play the demo on the store at `url` and print what happens."""
+def run_demo(store: str | hitl_core.Store, shown: str | None = None) -> int:
+    """Play the demo on `store` (a URL or a Store; `shown` names it) and print what
+    happens."""
     clock = hitl_core.ManualClock(start=time.time())
     user = f"cust_demo_{secrets.token_hex(2)}"
-    with hitl_core.connect(url, clock=clock) as hitl:
-        print(f"hitl-core demo on {url} (simulated time; customer {user})")
+    with hitl_core.connect(store, clock=clock) as hitl:
+        print(f"hitl-core demo on {shown or store} (simulated time; customer {user})")
         print("The agent side calls hitl.agent(run_id); the person answers through hitl.runs.")
         hitl.permissions.create(tool="calendar.*", user_id=user)
         print(f"Pre-approved for {user}: calendar.* (permissions.create)")

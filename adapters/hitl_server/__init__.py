@@ -39,7 +39,7 @@ class Server:
 
     def __init__(
         self,
-        store_url: str,
+        store_url: str | hitl_core.Store,
         *,
         api_key: str,
         scenario: Any = None,
@@ -72,7 +72,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def open_server(store_url: str, **options: Any) -> Iterator[Server]:
+def open_server(store_url: str | hitl_core.Store, **options: Any) -> Iterator[Server]:
     """`Server(store_url, **options)`, closed on exit."""
     server = Server(store_url, **options)
     try:
@@ -82,8 +82,9 @@ def open_server(store_url: str, **options: Any) -> Iterator[Server]:
 
 
 def serve(
-    store_url: str,
+    store_url: str | hitl_core.Store,
     *,
+    shown: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str,
@@ -92,8 +93,9 @@ def serve(
     agent_interval: float = 0.05,
     announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the API on host:port until interrupted (SIGINT or SIGTERM). `port=0` picks a
-    free port; `announce` receives the base URL once the socket is bound."""
+    """Serve the API on the store at `store_url` (a URL, or an open Store that `shown`
+    names in the first line) on host:port until interrupted (SIGINT or SIGTERM). `port=0`
+    picks a free port; `announce` receives the base URL once the socket is bound."""
     import uvicorn
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -106,7 +108,7 @@ def serve(
         raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     sock.listen(128)
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    address = f"[{host}]" if family == socket.AF_INET6 else host
     with open_server(
         store_url,
         api_key=api_key,
@@ -118,7 +120,7 @@ def serve(
             server.app, log_level="warning", access_log=False, lifespan="on", server_header=False
         )
         (announce or _print)(
-            f"hitl serve: http://{shown}:{bound}{PREFIX} (store {store_url}"
+            f"hitl serve: http://{address}:{bound}{PREFIX} (store {shown or store_url}"
             + (f"; {server.recovered} unfinished agent(s) resumed" if server.recovered else "")
             + ")"
         )

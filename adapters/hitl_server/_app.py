@@ -256,8 +256,8 @@ def create_app(
         if dispatcher is not None:
             threads.append(
                 threading.Thread(
-                    target=_deliver_forever,
-                    args=(dispatcher, stop, webhook_interval),
+                    target=dispatcher.run_forever,
+                    args=(stop, webhook_interval),
                     name="hitl-webhooks",
                     daemon=True,
                 )
@@ -281,13 +281,3 @@ def create_app(
     )
     app.router.redirect_slashes = False
     return app
-
-
-def _deliver_forever(dispatcher: Dispatcher, stop: threading.Event, interval: float) -> None:
-    """The dispatcher's loop, kept alive through store hiccups."""
-    while not stop.is_set():
-        try:
-            dispatcher.run_once()
-        except Exception:
-            log.exception("webhook delivery pass failed; retrying")
-        stop.wait(interval)

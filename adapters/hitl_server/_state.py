@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from hitl_core import StoreError
+from hitl_core import Store, StoreError
 
 __all__ = ["AgentRow", "ServeState", "state_path"]
 
@@ -37,14 +37,18 @@ AgentRow = tuple[str, list[dict[str, Any]], dict[str, Any]]
 """(run id, program steps, progress) of one simulated agent."""
 
 
-def state_path(store_url: str) -> str:
-    """Where the server's own state lives for a store URL: `<file>.serve` beside an
-    SQLite file, ':memory:' for anything else (memory://, sqlite:///:memory:, others)."""
-    if not store_url.startswith("sqlite:///"):
-        return ":memory:"
-    from hitl_sqlite import parse_url
+def state_path(store: str | Store) -> str:
+    """Where the server's own state lives for a store URL (or an open store):
+    `<file>.serve` beside an SQLite file, ':memory:' for anything else (memory://,
+    sqlite:///:memory:, others)."""
+    from hitl_sqlite import SqliteStore, parse_url
 
-    path, _ = parse_url(store_url)
+    if isinstance(store, SqliteStore):
+        path = store.path
+    elif isinstance(store, str) and store.startswith("sqlite:///"):
+        path, _ = parse_url(store)
+    else:
+        return ":memory:"
     return ":memory:" if path == ":memory:" else str(Path(path)) + ".serve"
 
 

@@ -4,6 +4,7 @@ HTTP (urllib): one small POST per delivery needs no client library."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import urllib.error
 import urllib.request
@@ -15,6 +16,11 @@ from hitl_core import Hitl, Outgoing, WebhookDelivery
 from hitl_core.adapter import BACKOFF, MAX_ATTEMPTS
 
 __all__ = ["Dispatcher", "Response", "http_post"]
+
+log = logging.getLogger("hitl_webhooks")
+
+ERROR_WAIT_MAX = 30.0
+"""The longest `run_forever` waits after a run of failed passes."""
 
 
 @attrs.frozen
@@ -83,11 +89,17 @@ class Dispatcher:
     def run_once(self) -> list[WebhookDelivery]:
         """One pass; returns the deliveries as recorded after this pass's attempts."""
         self.hitl.webhooks.enqueue()
-        claimed = self.hitl.webhooks.claim(limit=self.batch, lease_seconds=self.lease_seconds)
+        claimed = self.hitl.webhooks.claim(
+            limit=self.batch, lease_seconds=self.lease_seconds, max_attempts=self.max_attempts
+        )
         return [self._deliver(outgoing) for outgoing in claimed]
 
     def _deliver(self, outgoing: Outgoing) -> WebhookDelivery:
-        response = self.send(outgoing.url, outgoing.body, outgoing.headers, self.timeout)
+        try:
+            response = self.send(outgoing.url, outgoing.body, outgoing.headers, self.timeout)
+        except Exception as error:  # a sender should not raise; count it as a failed attempt
+            log.exception("webhook sender raised for delivery %s", outgoing.delivery.id)
+            response = Response(error=f"{type(error).__name__}: {error}")
         return self.hitl.webhooks.record(
             outgoing.delivery.id,
             attempt=outgoing.delivery.attempts,
@@ -99,7 +111,18 @@ class Dispatcher:
         )
 
     def run_forever(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Repeat `run_once` every `interval` seconds until `stop` is set."""
+        """Repeat `run_once` every `interval` seconds until `stop` is set. A pass that
+        raises (a busy or unreachable store, anything else) is logged and the next pass
+        tries again, after a wait that doubles with each failure in a row (at most
+        ERROR_WAIT_MAX seconds, or `interval` if that is longer)."""
+        failures = 0
         while not stop.is_set():
-            self.run_once()
-            stop.wait(interval)
+            try:
+                self.run_once()
+            except Exception:
+                failures += 1
+                log.exception("webhook delivery pass failed (%d in a row); retrying", failures)
+            else:
+                failures = 0
+            wait = interval * 2 ** min(failures, 30)
+            stop.wait(min(wait, max(interval, ERROR_WAIT_MAX)))

@@ -1,16 +1,22 @@
-"""The store contract suite: every promise of SPEC 2-11 written once against the public
-API. An adapter's test module subclasses `HitlContract` and provides a `store_url`
+"""The store contract suite: every promise of SPEC 2-14 written once against the public
+API, and the store port's own promises (all-or-nothing transactions, compare-and-set,
+cascades, order and cursors, several engines on one store, reopening) written against
+the port. An adapter's test module subclasses `HitlContract` and provides a `store_url`
 fixture; pytest then runs the whole suite against that store.
 
     class TestMyStore(HitlContract):
         @pytest.fixture
         def store_url(self, tmp_path):
             return f"mystore://{tmp_path}/db"
-"""
+
+`store_factory` opens the store again on the same data (by default: the URL once more).
+A store whose URL gives a fresh store each time (like `memory://`) overrides it to hand
+out one shared object and sets `durable = False`, which skips the reopening tests."""
 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,11 +33,46 @@ from hitl_core import (
     ValidationError,
 )
 
+from ..adapter import (
+    Event,
+    IdempotencyKey,
+    PermissionPolicy,
+    PermissionRequest,
+    RequestStatus,
+    Run,
+    Store,
+    Task,
+    WebhookDelivery,
+    WebhookEndpoint,
+    open_store,
+)
 from .helpers import QUESTION, snapshot, two_questions
 
-__all__ = ["HitlContract", "refused"]
+__all__ = ["HitlContract", "refused", "within"]
 
 START = 1000.0
+
+
+def within(seconds: float, call: Callable[[], Any]) -> Any:
+    """`call()`, made in a thread: its result, or a test failure if it has not returned
+    after `seconds` of real time (a wait that never ends must not hang the suite)."""
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as error:  # handed to the test's thread
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        pytest.fail(f"still waiting after {seconds} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def refused(
@@ -59,6 +100,23 @@ class HitlContract:
     @pytest.fixture
     def store_url(self) -> str:  # pragma: no cover - subclasses override
         raise NotImplementedError("a contract subclass must provide a store_url fixture")
+
+    durable = True
+    """Whether a store opened again by `store_factory` holds what was committed before."""
+
+    @pytest.fixture
+    def store_factory(self, store_url: str) -> Iterator[Callable[[], Store]]:
+        """Open the store under test again, on the same data; each is closed at the end."""
+        opened: list[Store] = []
+
+        def factory() -> Store:
+            store = open_store(store_url)
+            opened.append(store)
+            return store
+
+        yield factory
+        for store in opened:
+            store.close()
 
     @pytest.fixture
     def clock(self) -> ManualClock:
@@ -1386,3 +1444,469 @@ class HitlContract:
         with pytest.raises(ConflictError) as caught:
             engine.runs.create()
         assert caught.value.code == "closed"
+
+    # -- runs.create(idempotency_key=...) --------------------------------------------------
+    def test_idempotent_creation(self, hitl: hitl_core.Hitl) -> None:
+        first = hitl.runs.create(user_id="alice", metadata={"a": 1}, idempotency_key="k1")
+        again = hitl.runs.create(user_id="alice", metadata={"a": 1}, idempotency_key="k1")
+        assert again == first
+        assert [r.id for r in hitl.runs.list().data] == [first.id]
+        for changed in ({"user_id": "bob"}, {"metadata": {"a": 2}}, {"human_in_the_loop": True}):
+            options: dict[str, Any] = {"user_id": "alice", "metadata": {"a": 1}, **changed}
+            refused(
+                hitl,
+                ValidationError,
+                "idempotency_key_reused",
+                lambda o=options: hitl.runs.create(idempotency_key="k1", **o),
+                users=(None, "alice", "bob"),
+            )
+        assert hitl.runs.create(idempotency_key="k2").id != first.id
+
+    # -- leases ----------------------------------------------------------------------------
+    def test_a_lease_fences_the_agent_side(self, hitl: hitl_core.Hitl, clock: ManualClock) -> None:
+        run = self.approval_run(hitl)
+        lease = hitl.runs.claim(run.id, worker="host-a", seconds=30)
+        assert (lease.run_id, lease.worker, lease.expires_at) == (run.id, "host-a", START + 30)
+        assert hitl.runs.get(run.id).lease_at(clock.now()) == lease
+        mine = hitl.agent(run.id, lease=lease)
+        gate = mine.request_tool("deploy")
+        assert gate.status == "pending"
+        # while it holds, nobody else acts as the agent, nor claims the run
+        refused(hitl, ConflictError, "run_leased", lambda: hitl.agent(run.id).fail("x"))
+        refused(hitl, ConflictError, "run_leased", lambda: hitl.runs.claim(run.id, worker="host-b"))
+        # a person still decides
+        hitl.runs.approve(run.id, request_id=gate.request_id)
+        clock.advance(31)  # the lease lapses: another worker takes the run over
+        assert [r.id for r in hitl.runs.claimable()] == [run.id]
+        taken = hitl.runs.claim(run.id, worker="host-b")
+        assert taken.token > lease.token
+        refused(hitl, ConflictError, "lease_lost", lambda: mine.request_tool("again"))
+        refused(hitl, ConflictError, "lease_lost", lambda: hitl.runs.renew(lease))
+        assert hitl.runs.release(lease) is False  # an old lease changes nothing
+        assert hitl.runs.claimable() == []
+        renewed = hitl.runs.renew(taken, seconds=60)
+        assert renewed.expires_at == clock.now() + 60 and renewed.token == taken.token
+        assert hitl.agent(run.id, lease=renewed).complete().status == "completed"
+        assert hitl.runs.get(run.id).lease_at(clock.now()) is None
+        refused(hitl, ConflictError, "run_not_active", lambda: hitl.runs.claim(run.id, worker="c"))
+
+    def test_claimable_runs_are_those_no_live_worker_holds(
+        self, hitl: hitl_core.Hitl, clock: ManualClock
+    ) -> None:
+        new = hitl.runs.create()
+        held = self.approval_run(hitl)
+        waiting = self.approval_run(hitl)
+        lease = hitl.runs.claim(held.id, worker="w", seconds=10)
+        gate = hitl.agent(waiting.id).request_tool("t")
+        assert [r.id for r in hitl.runs.claimable()] == [new.id]  # a person is awaited
+        hitl.runs.approve(waiting.id, request_id=gate.request_id)  # decided, no worker
+        assert [r.id for r in hitl.runs.claimable()] == [new.id, waiting.id]
+        clock.advance(11)  # held's worker stopped renewing
+        claimable = [r.id for r in hitl.runs.claimable()]
+        assert sorted(claimable) == sorted([new.id, waiting.id, held.id])
+        assert claimable[-1] == held.id  # lapsed last: the longest unattended come first
+        assert hitl.runs.release(lease) is True
+        hitl.runs.cancel(new.id)
+        assert new.id not in [r.id for r in hitl.runs.claimable(limit=1000)]
+        assert len(hitl.runs.claimable(limit=1)) == 1
+
+    def test_checkpoints(self, hitl: hitl_core.Hitl) -> None:
+        run = hitl.runs.create(checkpoint={"step": 0})
+        assert run.checkpoint == {"step": 0}
+        lease = hitl.runs.claim(run.id, worker="w")
+        agent = hitl.agent(run.id, lease=lease)
+        saved = agent.save_checkpoint({"step": 3, "notes": ["a"]})
+        assert saved.checkpoint == {"step": 3, "notes": ["a"]}
+        assert hitl.runs.get(run.id).checkpoint == {"step": 3, "notes": ["a"]}
+        refused(hitl, ConflictError, "run_leased", lambda: hitl.agent(run.id).save_checkpoint(1))
+        refused(
+            hitl, ValidationError, "invalid_request", lambda: agent.save_checkpoint({1: object()})
+        )
+
+    # -- keyed requests: a replaying host opens nothing twice -----------------------------
+    def test_a_key_names_one_request_per_run(self, hitl: hitl_core.Hitl) -> None:
+        run = self.approval_run(hitl)
+        agent = hitl.agent(run.id)
+        first = agent.request_tool("deploy", {"v": 1}, key="step-1")
+        again = agent.request_tool("deploy", {"v": 1}, key="step-1")
+        assert again == first and first.status == "pending"
+        assert len(hitl.runs.permissions(run.id)) == 1
+        hitl.runs.approve(run.id, request_id=first.request_id, reason="ok")
+        replayed = agent.request_tool("deploy", {"v": 1}, key="step-1")
+        assert (replayed.status, replayed.source, replayed.request_id, replayed.reason) == (
+            "allowed",
+            "human",
+            first.request_id,
+            "ok",
+        )
+        refused(
+            hitl, ValidationError, "key_reused", lambda: agent.request_tool("other", key="step-1")
+        )
+        refused(hitl, ValidationError, "key_reused", lambda: agent.ask([QUESTION], key="step-1"))
+        question = agent.ask([QUESTION], key="step-2")
+        assert agent.ask([QUESTION], key="step-2") == question
+        other = self.approval_run(hitl)
+        assert hitl.agent(other.id).request_tool("deploy", key="step-1").request_id != (
+            first.request_id
+        )
+
+    # -- prune -----------------------------------------------------------------------------
+    def test_prune_deletes_ended_runs_and_what_belongs_to_them(
+        self, hitl: hitl_core.Hitl, clock: ManualClock
+    ) -> None:
+        endpoint = hitl.webhooks.create(url="http://127.0.0.1:9/h", events=["run.completed"])
+        old = self.approval_run(hitl, idempotency_key="old")
+        gate = hitl.agent(old.id).request_tool("t")
+        hitl.runs.approve(old.id, request_id=gate.request_id)
+        hitl.agent(old.id).complete()
+        hitl.webhooks.enqueue()
+        (sent,) = hitl.webhooks.claim()
+        hitl.webhooks.record(sent.delivery.id, attempt=1, status_code=200)
+        cancelled = hitl.runs.create()
+        hitl.runs.cancel(cancelled.id)  # its events are not fanned out yet
+        clock.advance(100)
+        active = self.approval_run(hitl)
+        recent = hitl.runs.create()
+        hitl.agent(recent.id).complete()
+        assert hitl.runs.prune(before=clock.now() - 50) == 2
+        assert [r.id for r in hitl.runs.list().data] == [active.id, recent.id]
+        refused(hitl, NotFoundError, "run_not_found", lambda: hitl.runs.permissions(old.id))
+        assert hitl.events.list(run_id=old.id) == []
+        assert [e.run_id for e in hitl.events.list()] == [active.id, recent.id, recent.id]
+        # the key is gone with its run: it may be used again
+        assert hitl.runs.create(idempotency_key="old").id != old.id
+        # delivered deliveries went with their run; the recent run's completion is still due
+        hitl.webhooks.enqueue()
+        log = hitl.webhooks.list_deliveries(endpoint.id).data
+        assert [(d.run_id, d.status) for d in log] == [(recent.id, "pending")]
+        assert hitl.runs.prune(before=clock.now() - 50) == 0
+        refused(hitl, ValidationError, "invalid_request", lambda: hitl.runs.prune(before="x"))
+
+    # -- SPEC 14: waiting ------------------------------------------------------------------
+    def test_wait_returns_at_once_for_a_decided_request(self, hitl: hitl_core.Hitl) -> None:
+        run = self.approval_run(hitl)
+        gate = hitl.agent(run.id).request_tool("t")
+        hitl.runs.approve(run.id, request_id=gate.request_id)
+        assert hitl.agent(run.id).wait(gate.request_id).status == "allowed"
+        assert hitl.agent(run.id).wait(gate.request_id, timeout=0).status == "allowed"
+        refused(hitl, NotFoundError, "gate_not_found", lambda: hitl.agent(run.id).wait("req_x"))
+        refused(
+            hitl,
+            ValidationError,
+            "invalid_request",
+            lambda: hitl.agent(run.id).wait(gate.request_id, timeout=-1),
+        )
+
+    def test_wait_ends_on_a_decision_from_another_thread(
+        self, store_factory: Callable[[], Store], clock: ManualClock
+    ) -> None:
+        agent_side = hitl_core.connect(store_factory(), clock=clock)
+        person_side = hitl_core.connect(store_factory(), clock=clock)
+        run = self.approval_run(agent_side)
+        gate = agent_side.agent(run.id).request_tool("deploy")
+        assert gate.request_id is not None
+        threading.Timer(
+            0.2, lambda: person_side.runs.approve(run.id, request_id=gate.request_id)
+        ).start()
+        done = within(30, lambda: agent_side.agent(run.id).wait(gate.request_id))
+        assert done.status == "allowed"
+
+    def test_wait_ends_when_a_manual_clock_passes_the_deadline_or_the_timeout(
+        self, hitl: hitl_core.Hitl, clock: ManualClock
+    ) -> None:
+        run = self.approval_run(hitl, input_timeout=30.0)
+        gate = hitl.agent(run.id).request_tool("deploy")
+        agent = hitl.agent(run.id)
+        threading.Timer(0.2, lambda: clock.advance(10)).start()
+        waited = within(30, lambda: agent.wait(gate.request_id, timeout=5))
+        assert waited.status == "pending" and clock.now() == START + 10
+        threading.Timer(0.2, lambda: clock.advance(25)).start()
+        waited = within(30, lambda: agent.wait(gate.request_id))  # until the deadline
+        assert waited.status == "pending" and hitl.runs.get(run.id).suspended is True
+        assert within(30, lambda: agent.wait(gate.request_id)).status == "pending"  # at once
+
+    def test_wait_ends_when_the_run_ends(self, hitl: hitl_core.Hitl) -> None:
+        run = self.approval_run(hitl)
+        gate = hitl.agent(run.id).request_tool("deploy")
+        threading.Timer(0.2, lambda: hitl.runs.cancel(run.id)).start()
+        waited = within(30, lambda: hitl.agent(run.id).wait(gate.request_id))
+        assert (waited.status, waited.source) == ("cancelled", "run_ended")
+
+    # -- the store port's own promises -----------------------------------------------------
+    @staticmethod
+    def port_run(run_id: str, **changes: Any) -> Run:
+        values: dict[str, Any] = {
+            "id": run_id,
+            "status": "running",
+            "human_in_the_loop": True,
+            "permission_mode": "approval",
+            "user_id": None,
+            "task_id": None,
+            "metadata": None,
+            "input_timeout": 10.0,
+            "created_at": START,
+            "updated_at": START,
+            **changes,
+        }
+        return Run(**values)
+
+    @staticmethod
+    def port_request(request_id: str, run_id: str, status: str = "pending") -> PermissionRequest:
+        return PermissionRequest(
+            request_id=request_id,
+            run_id=run_id,
+            kind="tool",
+            tool_name="t",
+            tool_input={"a": [1]},
+            status=RequestStatus(status),
+            created_at=START,
+        )
+
+    @staticmethod
+    def port_delivery(delivery_id: str, run_id: str, status: str, **more: Any) -> WebhookDelivery:
+        values: dict[str, Any] = {
+            "id": delivery_id,
+            "endpoint_id": "whk_1",
+            "event_id": f"evt_{run_id}",
+            "event_type": "run.started",
+            "run_id": run_id,
+            "payload": "{}",
+            "status": status,
+            "created_at": START,
+            "updated_at": START,
+            **more,
+        }
+        return WebhookDelivery(**values)
+
+    def fill(self, store: Store, run_id: str) -> None:
+        """One of every record, all belonging to `run_id` where they can."""
+        with store.transaction(write=True) as tx:
+            tx.insert_run(self.port_run(run_id))
+            tx.save_requests([self.port_request(f"req_{run_id}", run_id)])
+            tx.append_events(
+                [Event(id=f"evt_{run_id}", type="run.started", run_id=run_id, created_at=START)]
+            )
+            tx.insert_idempotency_key(
+                IdempotencyKey(key=f"key_{run_id}", run_id=run_id, fingerprint="f", created_at=1.0)
+            )
+            if tx.get_endpoint("whk_1") is None:
+                tx.insert_endpoint(
+                    WebhookEndpoint(
+                        id="whk_1",
+                        url="http://127.0.0.1:9/",
+                        events=("run.started",),
+                        secret="s",
+                        active=True,
+                        created_at=START,
+                        updated_at=START,
+                    )
+                )
+            tx.save_deliveries(
+                [
+                    self.port_delivery(f"dlv_{run_id}_done", run_id, "delivered"),
+                    self.port_delivery(f"dlv_{run_id}_due", run_id, "pending"),
+                ]
+            )
+
+    @staticmethod
+    def contents(store: Store, run_id: str) -> list[Any]:
+        with store.transaction(write=False) as tx:
+            return [
+                tx.get_run(run_id),
+                tx.list_requests(run_id),
+                tx.list_events(after=None, run_id=run_id, limit=10),
+                tx.get_idempotency_key(f"key_{run_id}"),
+                tx.get_delivery(f"dlv_{run_id}_done"),
+                tx.get_delivery(f"dlv_{run_id}_due"),
+            ]
+
+    def test_port_a_transaction_that_raises_leaves_nothing(
+        self, store_factory: Callable[[], Store]
+    ) -> None:
+        store = store_factory()
+        with pytest.raises(RuntimeError), store.transaction(write=True) as tx:
+            tx.insert_run(self.port_run("run_a"))
+            tx.save_requests([self.port_request("req_a", "run_a")])
+            tx.insert_policy(
+                PermissionPolicy(
+                    id="pol_a", user_id=None, tool_name="t", source="api", created_at=1
+                )
+            )
+            tx.insert_task(
+                Task(
+                    id="task_a",
+                    name="n",
+                    human_in_the_loop=None,
+                    permission_mode=None,
+                    user_id=None,
+                    created_at=1.0,
+                )
+            )
+            tx.set_cursor("webhooks", "start")
+            assert tx.get_run("run_a") is not None  # writes are visible inside
+            raise RuntimeError("the call failed halfway")
+        with store.transaction(write=False) as tx:
+            assert tx.get_run("run_a") is None
+            assert tx.get_request("req_a") is None
+            assert tx.get_policy("pol_a") is None and tx.find_policy(None, "t") is None
+            assert tx.get_task("task_a") is None and tx.get_cursor("webhooks") is None
+        self.fill(store, "run_b")  # the store still works
+        with pytest.raises(RuntimeError), store.transaction(write=True) as tx:
+            tx.update_run(attrs.evolve(self.port_run("run_b"), version=2, error="x"))
+            tx.delete_runs(["run_b"])
+            raise RuntimeError("again")
+        kept = self.contents(store, "run_b")
+        assert kept[0] == self.port_run("run_b") and all(item for item in kept[1:])
+
+    def test_port_update_run_compares_the_version(self, store_factory: Callable[[], Store]) -> None:
+        store = store_factory()
+        with store.transaction(write=True) as tx:
+            tx.insert_run(self.port_run("run_a"))
+        stale = attrs.evolve(self.port_run("run_a"), version=3, error="stale")
+        with pytest.raises(ConflictError) as caught, store.transaction(write=True) as tx:
+            tx.update_run(stale)
+        assert caught.value.code == "concurrent_update"
+        with store.transaction(write=True) as tx:
+            assert tx.get_run("run_a") == self.port_run("run_a")
+            tx.update_run(attrs.evolve(self.port_run("run_a"), version=2, error="ok"))
+        with store.transaction(write=False) as tx:
+            found = tx.get_run("run_a")
+            assert found is not None and (found.version, found.error) == (2, "ok")
+
+    def test_port_deletions_cascade(self, store_factory: Callable[[], Store]) -> None:
+        store = store_factory()
+        self.fill(store, "run_a")
+        self.fill(store, "run_b")
+        with store.transaction(write=True) as tx:
+            tx.delete_runs(["run_a"])
+        run, requests, events, key, done, due = self.contents(store, "run_a")
+        assert (run, requests, events, key, done) == (None, [], [], None, None)
+        assert due is not None  # a delivery still pending is kept: it is sent all the same
+        assert all(self.contents(store, "run_b"))
+        with store.transaction(write=True) as tx:
+            tx.delete_endpoint("whk_1")
+        with store.transaction(write=False) as tx:
+            assert tx.get_endpoint("whk_1") is None
+            assert tx.get_delivery("dlv_run_b_due") is None
+            assert tx.get_delivery("dlv_run_a_due") is None
+            assert tx.due_deliveries(START + 1e9, 10) == []
+            found = tx.list_deliveries("whk_1", status=None, limit=10, starting_after=None)
+            assert found in (None, ([], False))
+
+    def test_port_order_and_cursors(self, store_factory: Callable[[], Store]) -> None:
+        store = store_factory()
+        names = [f"run_{n}" for n in "cadb"]  # creation order is not id order
+        with store.transaction(write=True) as tx:
+            for index, name in enumerate(names):
+                tx.insert_run(
+                    self.port_run(
+                        name,
+                        user_id="u" if index % 2 else None,
+                        deadline=START + 5,  # equal deadlines: creation order
+                        lease_expires=START + (3 - index if index < 2 else 1),
+                    )
+                )
+            tx.append_events(
+                [
+                    Event(id=f"evt_{n}", type="run.started", run_id=names[n % 4], created_at=1.0)
+                    for n in range(8)
+                ]
+            )
+        with store.transaction(write=False) as tx:
+            page = tx.list_runs(user_id=None, status=None, limit=3, starting_after=None)
+            assert page is not None and [r.id for r in page[0]] == names[:3] and page[1]
+            page = tx.list_runs(user_id=None, status=None, limit=3, starting_after=names[2])
+            assert page is not None and [r.id for r in page[0]] == names[3:] and not page[1]
+            page = tx.list_runs(user_id="u", status="running", limit=5, starting_after=names[0])
+            assert page is not None and [r.id for r in page[0]] == [names[1], names[3]]
+            assert tx.list_runs(user_id=None, status=None, limit=1, starting_after="run_x") is None
+            assert [r.id for r in tx.due_runs(START + 5, 10)] == names
+            assert [r.id for r in tx.due_runs(START + 4, 10)] == []
+            # claimable: lapsed leases by when they lapsed, ties in creation order
+            assert [r.id for r in tx.claimable_runs(START + 3, 10)] == [
+                names[2],
+                names[3],
+                names[1],
+                names[0],
+            ]
+            assert [r.id for r in tx.claimable_runs(START + 1, 10)] == names[2:]
+            events = tx.list_events(after="evt_2", run_id=None, limit=3)
+            assert events is not None and [e.id for e in events] == ["evt_3", "evt_4", "evt_5"]
+            events = tx.list_events(after="evt_2", run_id=names[1], limit=10)
+            assert events is not None and [e.id for e in events] == ["evt_5"]
+            assert tx.list_events(after="evt_x", run_id=None, limit=3) is None
+            assert tx.last_event_id() == "evt_7"
+
+    def test_port_ended_runs(self, store_factory: Callable[[], Store]) -> None:
+        store = store_factory()
+        with store.transaction(write=True) as tx:
+            tx.insert_run(self.port_run("run_a", status="completed", updated_at=30.0))
+            tx.insert_run(self.port_run("run_b", status="cancelled", updated_at=10.0))
+            tx.insert_run(self.port_run("run_c", status="running", updated_at=5.0))
+            tx.insert_run(self.port_run("run_d", status="failed", updated_at=20.0))
+        with store.transaction(write=False) as tx:
+            assert tx.ended_runs(30.0, 10) == ["run_b", "run_d"]
+            assert tx.ended_runs(31.0, 2) == ["run_b", "run_d"]
+
+    def test_two_engines_on_one_store_decide_one_request_once(
+        self, store_factory: Callable[[], Store], clock: ManualClock
+    ) -> None:
+        engines = [hitl_core.connect(store_factory(), clock=clock) for _ in range(4)]
+        for round_ in range(5):
+            run = self.approval_run(engines[0])
+            gate = engines[0].agent(run.id).request_tool(f"t{round_}")
+            assert gate.request_id is not None
+            outcomes = self.contend(engines, run.id, gate.request_id)
+            winners = [o for o in outcomes if o[1] is True]
+            assert len(winners) == 1, outcomes
+            final = engines[1].agent(run.id).result(gate.request_id)
+            assert final.decision == winners[0][0]
+            for decision, outcome in outcomes:
+                if outcome is not True:
+                    expected = False if decision == final.decision else "gate_resolved_otherwise"
+                    assert outcome == expected, outcomes
+            events = engines[2].events.list(run_id=run.id)
+            assert len([e for e in events if e.type == "request.resolved"]) == 1
+
+    @staticmethod
+    def contend(engines: list[hitl_core.Hitl], run_id: str, request_id: str) -> list[Any]:
+        """Every engine decides the request at once (alternating allow and deny), each in
+        its own thread; (decision, applied or error code) for each."""
+        outcomes: list[Any] = []
+        barrier = threading.Barrier(len(engines))
+
+        def decide(engine: hitl_core.Hitl, decision: str) -> None:
+            barrier.wait()
+            try:
+                result = engine.runs.approve(run_id, request_id=request_id, decision=decision)
+                outcomes.append((decision, result.applied))
+            except HitlError as error:
+                outcomes.append((decision, error.code))
+
+        threads = [
+            threading.Thread(target=decide, args=(engine, "allow" if n % 2 else "deny"))
+            for n, engine in enumerate(engines)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        return outcomes
+
+    def test_reopening_gives_back_what_was_committed(
+        self, store_factory: Callable[[], Store], clock: ManualClock
+    ) -> None:
+        if not self.durable:
+            pytest.skip("this store keeps nothing once closed")
+        first = hitl_core.connect(store_factory(), clock=clock)
+        run = self.approval_run(first, user_id="u", input_timeout=30.0)
+        gate = first.agent(run.id).request_tool("deploy")
+        first.permissions.create(tool="slack.*", user_id="u")
+        before = snapshot(first, ("u",))
+        first.close()
+        again = hitl_core.connect(store_factory(), clock=clock)
+        assert snapshot(again, ("u",)) == before
+        clock.advance(30)  # the deadline kept counting from its stored time
+        assert again.runs.get(run.id).suspended is True
+        assert again.agent(run.id).request_tool("slack.post").source == "policy"
+        assert again.runs.approve(run.id, request_id=gate.request_id).resumed is True
