@@ -1452,12 +1452,20 @@ class HitlContract:
 
     # -- runs.create(idempotency_key=...) --------------------------------------------------
     def test_idempotent_creation(self, hitl: hitl_core.Hitl) -> None:
-        first = hitl.runs.create(user_id="alice", metadata={"a": 1}, idempotency_key="k1")
-        again = hitl.runs.create(user_id="alice", metadata={"a": 1}, idempotency_key="k1")
+        first = hitl.runs.create(
+            user_id="alice", metadata={"a": 1, "b": {"x": 1, "y": 2}}, idempotency_key="k1"
+        )
+        again = hitl.runs.create(  # the same metadata, built in another order
+            user_id="alice", metadata={"b": {"y": 2, "x": 1}, "a": 1}, idempotency_key="k1"
+        )
         assert again == first
         assert [r.id for r in hitl.runs.list().data] == [first.id]
         for changed in ({"user_id": "bob"}, {"metadata": {"a": 2}}, {"human_in_the_loop": True}):
-            options: dict[str, Any] = {"user_id": "alice", "metadata": {"a": 1}, **changed}
+            options: dict[str, Any] = {
+                "user_id": "alice",
+                "metadata": {"a": 1, "b": {"x": 1, "y": 2}},
+                **changed,
+            }
             refused(
                 hitl,
                 ValidationError,
