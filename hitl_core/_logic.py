@@ -99,6 +99,12 @@ def _touch(run: Run, now: float, **changes: Any) -> Run:
     return evolve(run, version=run.version + 1, updated_at=now, **changes)
 
 
+def _hold(run: Run, **changes: Any) -> Run:
+    """The run with a lease change: a new version (the compare-and-set sees it), but the
+    same `updated_at`, which tells people when the run itself last changed."""
+    return evolve(run, version=run.version + 1, **changes)
+
+
 def _resolved_event(ctx: Context, request: PermissionRequest) -> Event:
     return ctx.event(
         "request.resolved",
@@ -219,7 +225,7 @@ def claim(ctx: Context, run: Run, worker: str, seconds: float) -> Step:
         "lease_token": run.lease_token + 1,
         "lease_expires": ctx.now + seconds,
     }
-    return Step(_touch(run, ctx.now, **changes))
+    return Step(_hold(run, **changes))
 
 
 def renew(ctx: Context, run: Run, lease: Lease, seconds: float) -> Step:
@@ -227,7 +233,7 @@ def renew(ctx: Context, run: Run, lease: Lease, seconds: float) -> Step:
     run's newest lease any more, even if it had lapsed meanwhile)."""
     _rules.fire(run.status, "hold")
     fence(run, lease, ctx.now)
-    return Step(_touch(run, ctx.now, lease_worker=lease.worker, lease_expires=ctx.now + seconds))
+    return Step(_hold(run, lease_worker=lease.worker, lease_expires=ctx.now + seconds))
 
 
 def release(ctx: Context, run: Run, lease: Lease) -> Step:
@@ -235,7 +241,7 @@ def release(ctx: Context, run: Run, lease: Lease) -> Step:
     (applied=False). Releasing on an ended run changes nothing either."""
     if run.is_terminal or lease.token != run.lease_token or run.lease_worker is None:
         return Step(run, applied=False)
-    return Step(_touch(run, ctx.now, lease_worker=None, lease_expires=None))
+    return Step(_hold(run, lease_worker=None, lease_expires=None))
 
 
 def save_checkpoint(ctx: Context, run: Run, lease: Lease | None, checkpoint: object) -> Step:
