@@ -10,14 +10,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import API_KEY, HITL, LiveServer, needs_serve_stack
+from conftest import API_KEY, HITL, LiveServer, call, needs_serve_stack, refused
 from hitl_sqlite import SqliteStore
 
 import hitl_core
@@ -26,44 +24,6 @@ import hitl_core
 @pytest.fixture(scope="module")
 def url(live_server: LiveServer) -> str:
     return live_server.url
-
-
-def call(
-    url: str,
-    method: str,
-    path: str,
-    body: bytes | str | object | None = None,
-    *,
-    key: str | None = API_KEY,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], Any]:
-    """One request; returns the status, the headers and the decoded JSON answer."""
-    data: bytes | None
-    if body is None or isinstance(body, bytes):
-        data = body
-    elif isinstance(body, str):
-        data = body.encode()
-    else:
-        data = json.dumps(body).encode()
-    sent = {"Content-Type": "application/json", **(headers or {})}
-    if key is not None:
-        sent["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(url + path, data=data, method=method, headers=sent)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, dict(answer.headers.items()), json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers.items()), json.loads(error.read())
-
-
-def refused(answer: tuple[int, dict[str, str], Any], status: int, code: str) -> dict[str, Any]:
-    got, _, body = answer
-    assert got == status, body
-    error = body["error"]
-    assert error["code"] == status and error["details"]["error_code"] == code, error
-    assert error["error_code"] == code and error["message"] and error["type"]
-    assert error["request_id"].startswith("req_")
-    return dict(error)
 
 
 def state(url: str) -> Any:
