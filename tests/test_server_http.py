@@ -324,10 +324,12 @@ def test_serve_db_takes_a_url_or_any_file_path(tmp_path: Path, form: str) -> Non
         assert server.banner.endswith(f"(store sqlite:///{path})")
         status, _, run = call(server.url, "POST", "/runs/", {"message": "hi", "stream": False})
         assert status == 200
+        assert not Path(f"{path}.serve").exists()  # runs need nothing beside the store
+        assert call(server.url, "POST", "/tasks/", {"instructions": "hi"})[0] == 200
     finally:
         code, err = server.stop()
     assert (code, err) == (0, "")
-    assert path.exists() and Path(f"{path}.serve").exists()
+    assert path.exists() and Path(f"{path}.serve").exists()  # a task's wire-only fields
     with hitl_core.connect(SqliteStore(str(path))) as engine:  # the run is in that very file
         (stored,) = engine.runs.list(limit=100).data
     assert int(stored.id.split("_")[1], 16) == run["id"]  # the wire id is the core id's hex
