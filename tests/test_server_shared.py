@@ -187,6 +187,47 @@ def test_a_killed_server_leaves_its_runs_to_the_other(
         played_once(engine, run, ["k.one"] if run == busy else ["k.one", "k.two"])
 
 
+def taken_by(engine: hitl_core.Hitl, server: LiveServer, run: int) -> bool:
+    """Whether `server` holds the run now, or held it until it ended."""
+    if engine.runs.get(core(run)).is_terminal:
+        return True
+    return of(server) in (holder(engine, run) or "")
+
+
+def test_a_frozen_server_loses_its_runs_and_its_agents_stop(
+    servers: Servers, engine: hitl_core.Hitl
+) -> None:
+    """A server paused past its leases (SIGSTOP: a long GC pause, a suspended VM) finds
+    its runs taken over when it wakes; its agents stop instead of playing on."""
+    b = servers.start()
+    a = servers.start()
+    made: list[int] = []
+    runs = [created_by(a, engine, "tool:f.one tool:f.two", made) for _ in range(2)]
+    wait_for(lambda: first_requests(engine, made))
+    for _ in range(3):
+        a.process.send_signal(signal.SIGSTOP)
+        try:  # decided while a sleeps: the runs need a server again
+            for run in made:
+                for request in engine.runs.permissions(core(run)):
+                    if request.is_pending:
+                        engine.runs.approve(core(run), request_id=request.request_id)
+            break
+        except hitl_core.HitlError as error:  # a was stopped inside a write: let it end it
+            assert error.code == "store_busy", error
+            a.process.send_signal(signal.SIGCONT)
+            time.sleep(0.2)
+    else:
+        raise AssertionError("the store stayed busy")
+    try:
+        wait_for(lambda: all(taken_by(engine, b, r) for r in runs))
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    approve_until_done([a, b], made)
+    for run in made:
+        played_once(engine, run, ["f.one", "f.two"])
+    assert call(a.url, "GET", f"/runs/{runs[0]}")[0] == 200  # a is well and serving
+
+
 # -- Idempotency-Key --------------------------------------------------------------------------
 
 
