@@ -169,9 +169,7 @@ class Tasks:
 
 
 def _task(tx: Transaction, task_id: object) -> Task:
-    if isinstance(task_id, str) and len(task_id) > check.MAX_ID:
-        raise check.too_long("task_id", check.MAX_ID)
-    task = tx.get_task(task_id) if isinstance(task_id, str) else None
+    task = tx.get_task(check.identifier(task_id, "task_id"))
     if task is None:
         raise NotFoundError("task_not_found", f"no task {shown(task_id)}")
     return task

@@ -11,6 +11,7 @@ the SPEC gives."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -116,8 +117,11 @@ def _resolved_event(ctx: Context, request: PermissionRequest) -> Event:
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
-    """A digest of a `runs.create` call's settings, to tell a retry from a reuse."""
-    return hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()
+    """A digest of a `runs.create` call's settings (JSON data, keys sorted at every
+    level, so equal dicts built in another order give the same digest), to tell a retry
+    from a reuse of the key."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_run(

@@ -373,6 +373,40 @@ def cmd_tick(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_before(text: str, now: float) -> float:
+    """A `--before` moment: an ISO date or date-time (UTC when it names no zone), seconds
+    since the epoch, or an age such as `30d`, `12h` or `90m` (that long before `now`)."""
+    value = text.strip()
+    units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+    if value[-1:] in units and value[:-1].replace(".", "", 1).isdigit():
+        return now - float(value[:-1]) * units[value[-1]]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(
+            "invalid_request",
+            f"--before takes a date (2026-01-31), a date-time, epoch seconds or an age "
+            f"(30d, 12h); got {value!r}",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def cmd_prune(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
+    before = parse_before(args.before, time.time())
+    deleted = hitl.runs.prune(before=before, batch=args.batch)
+    if args.json:
+        emit_json({"deleted": deleted, "before": before})
+    else:
+        print(f"deleted {deleted} run(s) that ended before {_when(before)} UTC")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         outcome = play(load(args.scenario))
@@ -594,6 +628,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     tick = command("tick", cmd_tick, "apply every passed deadline now")
     json_flag(tick)
+
+    prune = command(
+        "prune", cmd_prune, "delete runs that ended before a date, with their requests and events"
+    )
+    prune.add_argument(
+        "--before", required=True, help="a date, a date-time (UTC), epoch seconds or an age (30d)"
+    )
+    prune.add_argument("--batch", type=int, default=500, help="runs deleted per transaction")
+    json_flag(prune)
 
     serve = command(
         "serve",

@@ -122,9 +122,14 @@ class HitlContract:
     def clock(self) -> ManualClock:
         return ManualClock(start=START)
 
+    def open_engine(self, store: str | Store, **options: Any) -> hitl_core.Hitl:
+        """The engine the tests use on `store` (a URL or a Store): `hitl_core.connect`.
+        A subclass may hand out another face of the engine (the asyncio one, bridged)."""
+        return hitl_core.connect(store, **options)
+
     @pytest.fixture
     def hitl(self, store_url: str, clock: ManualClock) -> Iterator[hitl_core.Hitl]:
-        engine = hitl_core.connect(store_url, clock=clock)
+        engine = self.open_engine(store_url, clock=clock)
         yield engine
         engine.close()
 
@@ -135,7 +140,7 @@ class HitlContract:
 
         def open_engine(**options: Any) -> hitl_core.Hitl:
             options.setdefault("clock", clock)
-            engine = hitl_core.connect(store_url, **options)
+            engine = self.open_engine(store_url, **options)
             opened.append(engine)
             return engine
 
@@ -1439,7 +1444,7 @@ class HitlContract:
         refused(hitl, NotFoundError, "gate_not_found", lambda: hitl.agent(run.id).result("req_x"))
 
     def test_context_manager_closes(self, store_url: str, clock: ManualClock) -> None:
-        with hitl_core.connect(store_url, clock=clock) as engine:
+        with self.open_engine(store_url, clock=clock) as engine:
             engine.runs.create()
         with pytest.raises(ConflictError) as caught:
             engine.runs.create()
@@ -1447,12 +1452,20 @@ class HitlContract:
 
     # -- runs.create(idempotency_key=...) --------------------------------------------------
     def test_idempotent_creation(self, hitl: hitl_core.Hitl) -> None:
-        first = hitl.runs.create(user_id="alice", metadata={"a": 1}, idempotency_key="k1")
-        again = hitl.runs.create(user_id="alice", metadata={"a": 1}, idempotency_key="k1")
+        first = hitl.runs.create(
+            user_id="alice", metadata={"a": 1, "b": {"x": 1, "y": 2}}, idempotency_key="k1"
+        )
+        again = hitl.runs.create(  # the same metadata, built in another order
+            user_id="alice", metadata={"b": {"y": 2, "x": 1}, "a": 1}, idempotency_key="k1"
+        )
         assert again == first
         assert [r.id for r in hitl.runs.list().data] == [first.id]
         for changed in ({"user_id": "bob"}, {"metadata": {"a": 2}}, {"human_in_the_loop": True}):
-            options: dict[str, Any] = {"user_id": "alice", "metadata": {"a": 1}, **changed}
+            options: dict[str, Any] = {
+                "user_id": "alice",
+                "metadata": {"a": 1, "b": {"x": 1, "y": 2}},
+                **changed,
+            }
             refused(
                 hitl,
                 ValidationError,
@@ -1622,8 +1635,8 @@ class HitlContract:
     def test_wait_ends_on_a_decision_from_another_thread(
         self, store_factory: Callable[[], Store], clock: ManualClock
     ) -> None:
-        agent_side = hitl_core.connect(store_factory(), clock=clock)
-        person_side = hitl_core.connect(store_factory(), clock=clock)
+        agent_side = self.open_engine(store_factory(), clock=clock)
+        person_side = self.open_engine(store_factory(), clock=clock)
         run = self.approval_run(agent_side)
         gate = agent_side.agent(run.id).request_tool("deploy")
         assert gate.request_id is not None
@@ -1650,8 +1663,8 @@ class HitlContract:
     def test_events_wait_follows_the_log(
         self, store_factory: Callable[[], Store], clock: ManualClock
     ) -> None:
-        follower = hitl_core.connect(store_factory(), clock=clock)
-        writer = hitl_core.connect(store_factory(), clock=clock)
+        follower = self.open_engine(store_factory(), clock=clock)
+        writer = self.open_engine(store_factory(), clock=clock)
         assert follower.events.last_id() is None
         first = writer.runs.create()
         start = follower.events.last_id()
@@ -1892,7 +1905,7 @@ class HitlContract:
     def test_two_engines_on_one_store_decide_one_request_once(
         self, store_factory: Callable[[], Store], clock: ManualClock
     ) -> None:
-        engines = [hitl_core.connect(store_factory(), clock=clock) for _ in range(4)]
+        engines = [self.open_engine(store_factory(), clock=clock) for _ in range(4)]
         for round_ in range(5):
             run = self.approval_run(engines[0])
             gate = engines[0].agent(run.id).request_tool(f"t{round_}")
@@ -1939,13 +1952,13 @@ class HitlContract:
     ) -> None:
         if not self.durable:
             pytest.skip("this store keeps nothing once closed")
-        first = hitl_core.connect(store_factory(), clock=clock)
+        first = self.open_engine(store_factory(), clock=clock)
         run = self.approval_run(first, user_id="u", input_timeout=30.0)
         gate = first.agent(run.id).request_tool("deploy")
         first.permissions.create(tool="slack.*", user_id="u")
         before = snapshot(first, ("u",))
         first.close()
-        again = hitl_core.connect(store_factory(), clock=clock)
+        again = self.open_engine(store_factory(), clock=clock)
         assert snapshot(again, ("u",)) == before
         clock.advance(30)  # the deadline kept counting from its stored time
         assert again.runs.get(run.id).suspended is True
