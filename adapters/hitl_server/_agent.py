@@ -52,6 +52,9 @@ BUSY_PAUSE = 0.5
 """How long an agent waits before trying again when the store was busy."""
 MOVES_PER_PASS = 100
 """The most moves one agent makes in one pass before the others get their turn."""
+TICK_INTERVAL = 5.0
+"""How often the server applies every passed deadline (`hitl.tick()`), so runs whose
+agent nobody plays right now are suspended on time (their events and webhooks too)."""
 
 
 def worker_name() -> str:
@@ -98,6 +101,7 @@ class Worker:
         self._cursor: str | None = None
         self._rescan = True
         self._scan_at = 0.0
+        self._tick_at = 0.0
 
     @property
     def held(self) -> int:
@@ -170,8 +174,11 @@ class Worker:
                             self._rescan = True
 
     def _pass(self, now: float) -> None:
-        """Claim what needs claiming, renew leases that are due, and play every agent
-        that has something to do."""
+        """Apply passed deadlines, claim what needs claiming, renew leases that are due,
+        and play every agent that has something to do."""
+        if now >= self._tick_at:
+            self._tick_at = now + TICK_INTERVAL
+            self.hitl.tick()
         if self._rescan or now >= self._scan_at:
             self._scan(now)
         for held in list(self._held.values()):
@@ -182,7 +189,7 @@ class Worker:
 
     def _pause(self, now: float) -> float:
         """How long the loop may wait for events before it has something to do."""
-        times = [self._scan_at]
+        times = [self._scan_at, self._tick_at]
         for held in self._held.values():
             if held.dirty:
                 return 0.0

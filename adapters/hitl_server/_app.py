@@ -74,7 +74,7 @@ def _refusal(error: Exception) -> JSONResponse:
     if isinstance(error, ApiError):
         return envelope(error.status, error.code, error.message, error.headers)
     if isinstance(error, HitlError):
-        if error.code in _BUSY:
+        if error.code in _BUSY or error.status == 503:  # UnavailableError: retry soon
             return envelope(503, error.code, error.message, {"Retry-After": "1"})
         status = error.status if error.status in (404, 409, 422) else 500
         return envelope(status, error.code, error.message)
