@@ -444,6 +444,11 @@ SERVE_HINT = (
 )
 
 
+LEASE_ENV = "HITL_SERVE_LEASE_SECONDS"
+"""How long a `hitl serve` lease on a run lasts (default 30 s): shorter in tests, so that
+a killed server's agents are taken over quickly."""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import hitl_server
@@ -463,6 +468,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ScenarioError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    lease = os.environ.get(LEASE_ENV) or str(hitl_server.LEASE_SECONDS)
+    try:
+        lease_seconds = float(lease)
+    except ValueError:
+        lease_seconds = 0.0
+    if not 0 < lease_seconds < float("inf"):
+        print(f"error: ${LEASE_ENV} must be a number of seconds above 0", file=sys.stderr)
+        return 2
     store, shown = open_store(args.db)
     try:
         hitl_server.serve(
@@ -473,6 +486,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             api_key=key,
             scenario=scenario,
             webhook_interval=args.webhook_interval,
+            lease_seconds=lease_seconds,
         )
     except OSError as error:
         if not isinstance(store, str):

@@ -1475,6 +1475,28 @@ class HitlContract:
             )
         assert hitl.runs.create(idempotency_key="k2").id != first.id
 
+    def test_idempotent_task_runs(self, hitl: hitl_core.Hitl) -> None:
+        task = hitl.tasks.create(name="report", user_id="alice")
+        first = hitl.tasks.run(task.id, checkpoint={"step": 0}, idempotency_key="t1")
+        assert (first.task_id, first.user_id, first.checkpoint) == (task.id, "alice", {"step": 0})
+        again = hitl.tasks.run(task.id, checkpoint={"step": 0}, idempotency_key="t1")
+        assert again == first
+        other = hitl.tasks.create(name="other", user_id="alice")
+        for call in (
+            lambda: hitl.tasks.run(task.id, checkpoint={"step": 1}, idempotency_key="t1"),
+            lambda: hitl.tasks.run(other.id, checkpoint={"step": 0}, idempotency_key="t1"),
+            lambda: hitl.tasks.run(task.id, idempotency_key="t1", metadata={"a": 1}),
+            lambda: hitl.runs.create(user_id="alice", checkpoint={"step": 0}, idempotency_key="t1"),
+        ):
+            refused(hitl, ValidationError, "idempotency_key_reused", call, users=(None, "alice"))
+        assert [r.id for r in hitl.runs.list(user_id="alice").data] == [first.id]
+        refused(
+            hitl,
+            ValidationError,
+            "invalid_request",
+            lambda: hitl.tasks.run(task.id, checkpoint={1: 2}),
+        )
+
     # -- leases ----------------------------------------------------------------------------
     def test_a_lease_fences_the_agent_side(self, hitl: hitl_core.Hitl, clock: ManualClock) -> None:
         run = self.approval_run(hitl)
