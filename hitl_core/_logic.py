@@ -496,6 +496,11 @@ def decided(
     )
 
 
+def _by(request: PermissionRequest) -> str:
+    """" by <actor>" for a refusal that names who decided first (nothing if unknown)."""
+    return f" by {shown(request.actor)}" if request.actor else ""
+
+
 def _others(pending: Sequence[PermissionRequest], request: PermissionRequest) -> list[Any]:
     return [p for p in pending if p.request_id != request.request_id]
 
@@ -548,7 +553,7 @@ def answer(
         if request.answers != normalised:
             raise ConflictError(
                 "already_answered",
-                f"request {request.request_id} was already answered differently",
+                f"request {request.request_id} was already answered differently{_by(request)}",
             )
         return Step(run, applied=False, result=request)
     changes: dict[str, Any] = {}
@@ -620,7 +625,7 @@ def approve(
     if request.status is not RequestStatus.PENDING and request.status is not wanted:
         raise NotFoundError(
             "gate_resolved_otherwise",
-            f"request {request.request_id} was already {request.status.value}",
+            f"request {request.request_id} was already {request.status.value}{_by(request)}",
         )
     if request.status is wanted:  # a repeat: it changes nothing, unless remember upgrades
         step = Step(run, applied=False, result=request)

@@ -42,10 +42,10 @@ def state(url: str) -> Any:
     return runs, policies, hooks, details
 
 
-def waiting_run(url: str) -> tuple[int, str]:
+def waiting_run(url: str, message: str = "tool:db.migrate") -> tuple[int, str]:
     """A run in approval mode that waits on a tool request; its id and the request's."""
     body = {
-        "message": "tool:db.migrate",
+        "message": message,
         "stream": False,
         "human_in_the_loop": True,
         "permission_mode": "approval",
@@ -177,6 +177,25 @@ def test_malformed_bodies_are_422_and_change_nothing(url: str) -> None:
     for method, path, body, code in bad:
         refused(call(url, method, path, body), 422, code)
     assert state(url) == before
+
+
+def test_a_second_decision_is_told_who_decided_first(url: str) -> None:
+    # two tools: after the first decision the agent waits on the second, so the run is
+    # still active when the second person decides the first
+    run_id, request_id = waiting_run(url, "tool:db.migrate tool:db.backup")
+    path = f"/runs/{run_id}/approve"
+    first = {"request_id": request_id, "actor": "alice", "reason": "looks fine"}
+    status, _, won = call(url, "POST", path, first)
+    assert status == 200 and won["applied"] is True and won["actor"] == "alice"
+    status, _, lost = call(url, "POST", path, {"request_id": request_id, "actor": "bob"})
+    assert status == 200 and lost["applied"] is False
+    assert (lost["actor"], lost["reason"], lost["status"]) == ("alice", "looks fine", "allowed")
+    error = refused(
+        call(url, "POST", path, {"request_id": request_id, "decision": "deny", "actor": "bob"}),
+        404,
+        "gate_resolved_otherwise",
+    )
+    assert "allowed by 'alice'" in error["message"]
 
 
 def test_a_suspended_run_resumes_on_a_late_decision(url: str) -> None:

@@ -225,6 +225,15 @@ def cmd_approve(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
         emit_json(result)
         return 0
     r = result.request
+    if not result.applied:  # someone decided first: say who, when and why
+        who = f" by {r.actor}" if r.actor else ""
+        why = f" ({r.reason})" if r.reason else ""
+        print(
+            f"{r.request_id} {r.tool_name}: already {r.status.value}{who} at "
+            f"{_when(r.resolved_at)} UTC{why}; your decision was not recorded"
+            + ("; remembered" if result.remembered and args.remember else "")
+        )
+        return 0
     extra = [
         word
         for word, on in (

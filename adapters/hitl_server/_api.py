@@ -316,6 +316,8 @@ class Api:
                 "resumed": result.resumed,
                 "request_id": result.request.request_id,
                 "decision": result.request.decision,
+                "applied": result.applied,
+                "actor": result.request.actor,
             }
         )
 
@@ -340,6 +342,7 @@ class Api:
                 input_timeout=run.input_timeout,
                 resumed=result.resumed,
                 remembered=result.remembered,
+                applied=result.applied,
             )
         )
 

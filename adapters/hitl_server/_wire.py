@@ -161,9 +161,12 @@ def request(
     input_timeout: float,
     resumed: bool | None = None,
     remembered: bool | None = None,
+    applied: bool | None = None,
 ) -> dict[str, Any]:
     """A request as the SDK's `PermissionRequest` reads it. Answered questions and plans
-    carry their answers in `tool_input["answers"]`, as the hosted API does."""
+    carry their answers in `tool_input["answers"]`, as the hosted API does. `applied`
+    (decisions only) is False when the request already had that decision: `actor`,
+    `reason` and `resolved_at` then say who decided first."""
     tool_input = record.tool_input
     if record.answers is not None:
         tool_input["answers"] = record.answers
@@ -186,6 +189,7 @@ def request(
         "is_plan_approval": record.is_plan_approval,
         "resumed": resumed,
         "remembered": remembered,
+        "applied": applied,
         "auto_resolved": False,
         "can_remember": record.kind == "tool",
         "timeout_seconds": math.ceil(input_timeout),
