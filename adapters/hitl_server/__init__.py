@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +18,7 @@ from hitl_core import HitlError
 from ._agent import LEASE_SECONDS, Worker, worker_name
 from ._api import Api
 from ._app import BODY_LIMIT, PREFIX, create_app
+from ._http import listen, run_until_signalled
 from ._program import (
     Program,
     Progress,
@@ -40,7 +38,9 @@ __all__ = [
     "create_app",
     "default_program",
     "initial_checkpoint",
+    "listen",
     "open_server",
+    "run_until_signalled",
     "scenario_program",
     "serve",
 ]
@@ -144,17 +144,7 @@ def serve(
     picks a free port; `announce` receives the base URL once the socket is bound."""
     import uvicorn
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    sock.listen(128)
-    bound = sock.getsockname()[1]
-    address = f"[{host}]" if family == socket.AF_INET6 else host
+    sock, address = listen(host, port)
     with open_server(
         store_url,
         api_key=api_key,
@@ -166,34 +156,11 @@ def serve(
             server.app, log_level="warning", access_log=False, lifespan="on", server_header=False
         )
         (announce or _print)(
-            f"hitl serve: http://{address}:{bound}{PREFIX} (store {shown or store_url}"
+            f"hitl serve: http://{address}{PREFIX} (store {shown or store_url}"
             + (f"; {server.taken_over} unfinished agent(s) resumed" if server.taken_over else "")
             + ")"
         )
-        _run_until_signalled(uvicorn.Server(config), sock)
-
-
-def _run_until_signalled(server: Any, sock: socket.socket) -> None:
-    """Run uvicorn on a thread and stop it gracefully on SIGINT or SIGTERM, so the engine
-    and the serve state are closed afterwards (uvicorn itself would re-raise the signal
-    and end the process before they are)."""
-
-    def stop(signum: int, frame: object) -> None:
-        server.should_exit = True
-
-    handled = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, stop) for sig in handled}
-    try:
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="hitl-http", daemon=True
-        )
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.2)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        sock.close()
+        run_until_signalled(uvicorn.Server(config), sock)
 
 
 def _print(line: str) -> None:
