@@ -4,7 +4,6 @@ change is fenced by it: a worker that lost the run cannot act."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +15,11 @@ from ._logic import Context
 from ._records import Lease, PermissionRequest, Run, ToolGate
 from ._store import Transaction
 from ._validate import shown
-from ._wait import POLL_FIRST, POLL_MAX
 
 if TYPE_CHECKING:
     from ._engine import Hitl
 
-__all__ = ["Agent", "wait_is_over"]
+__all__ = ["Agent", "wait_is_over", "wait_timeout"]
 
 
 def wait_is_over(request: PermissionRequest, run: Run) -> bool:
@@ -138,12 +136,11 @@ class Agent:
     def _look(self, request_id: object) -> tuple[PermissionRequest, Run]:
         """The request and its run as stored now (deadlines applied)."""
         engine = self._engine
-        if isinstance(request_id, str) and len(request_id) > check.MAX_ID:
-            raise check.too_long("request_id", check.MAX_ID)
+        named = check.identifier(request_id, "request_id")
 
         def work(tx: Transaction, ctx: Context) -> tuple[PermissionRequest, Run]:
             run, _ = engine._load(tx, ctx, self.run_id)
-            request = tx.get_request(request_id) if isinstance(request_id, str) else None
+            request = tx.get_request(named)
             if request is None or request.run_id != run.id:
                 raise NotFoundError("gate_not_found", f"no request {shown(request_id)} on this run")
             return request, run
@@ -161,38 +158,12 @@ class Agent:
         change feed wakes it); with a `ManualClock`, `advance` past the run's deadline or
         the timeout ends it too, and no real time is waited."""
         limit = wait_timeout(timeout)
-        engine = self._engine
-        clock = engine._clock
-        waiter = engine._waiters.add(self.run_id)
-        try:
-            end = None if limit is None else clock.now() + limit
-            pause = POLL_FIRST
-            while True:
-                waiter.event.clear()
-                request, run = self._look(request_id)
-                now = clock.now()
-                if wait_is_over(request, run) or (end is not None and now >= end):
-                    return request
-                waiter.block(self._pause(now, end, run, pause))
-                pause = min(pause * 2, POLL_MAX)
-        finally:
-            engine._waiters.remove(waiter)
 
-    def _pause(self, now: float, end: float | None, run: Run, pause: float) -> float | None:
-        """How long (real seconds) a waiter may block before it must look again: until
-        its timeout or the run's deadline, by the clock; never longer than the polling
-        pause when the store cannot wake it."""
-        waiters = self._engine._waiters
-        if waiters.clock_driven:
-            seconds = None  # the clock wakes us when it moves
-        else:
-            marks = [t for t in (end, run.deadline) if t is not None]
-            seconds = max(0.0, min(marks) - now) if marks else None
-        if waiters.polls:
-            seconds = pause if seconds is None else min(seconds, pause)
-        if seconds is not None and not math.isfinite(seconds):
-            seconds = None
-        return seconds
+        def look() -> tuple[PermissionRequest, bool, float | None]:
+            request, run = self._look(request_id)
+            return request, wait_is_over(request, run), run.deadline
+
+        return self._engine._waiters.wait(self.run_id, limit, look)
 
     def save_checkpoint(self, checkpoint: Any) -> Run:
         """Store the host's own JSON record of where this agent is (at most

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _logic
 from . import _validate as check
+from ._agent import wait_timeout
 from ._engine import settings
 from ._errors import NotFoundError, ValidationError
 from ._logic import Context
@@ -15,6 +16,7 @@ from ._person import start
 from ._records import Event, Page, PermissionPolicy, Run, Task
 from ._store import Transaction
 from ._validate import shown
+from ._wait import ANY_RUN
 
 if TYPE_CHECKING:
     from ._engine import Hitl
@@ -124,12 +126,23 @@ class Tasks:
         """The task (404 task_not_found)."""
         return self._engine._read(lambda tx, ctx: _task(tx, task_id))
 
-    def run(self, task_id: str, **overrides: Any) -> Run:
+    def run(
+        self,
+        task_id: str,
+        *,
+        checkpoint: Any = None,
+        idempotency_key: str | None = None,
+        **overrides: Any,
+    ) -> Run:
         """Start a run of the task: each setting is the override, else the task's, else
-        the default; the result is validated as `runs.create` does."""
+        the default; the result is validated as `runs.create` does. `checkpoint` and
+        `idempotency_key` are those of `runs.create` (the key is bound to the task too)."""
         unknown = set(overrides) - _TASK_OVERRIDES
         if unknown:
             raise ValidationError("invalid_request", f"unknown task run settings {sorted(unknown)}")
+        key = None
+        if idempotency_key is not None:
+            key = check.text(idempotency_key, "idempotency_key", limit=check.MAX_NAME)
         engine = self._engine
 
         def work(tx: Transaction, ctx: Context) -> Run:
@@ -147,18 +160,16 @@ class Tasks:
                 user_id=pick("user_id", None),
                 input_timeout=pick("input_timeout", check.DEFAULT_INPUT_TIMEOUT),
                 metadata=overrides.get("metadata"),
-                checkpoint=None,
+                checkpoint=checkpoint,
                 task_id=task.id,
             )
-            return start(engine, tx, ctx, values, None)
+            return start(engine, tx, ctx, values, key)
 
         return engine._write(work)
 
 
 def _task(tx: Transaction, task_id: object) -> Task:
-    if isinstance(task_id, str) and len(task_id) > check.MAX_ID:
-        raise check.too_long("task_id", check.MAX_ID)
-    task = tx.get_task(task_id) if isinstance(task_id, str) else None
+    task = tx.get_task(check.identifier(task_id, "task_id"))
     if task is None:
         raise NotFoundError("task_not_found", f"no task {shown(task_id)}")
     return task
@@ -186,3 +197,33 @@ class Events:
             return events
 
         return self._engine._read(work, listing=True)
+
+    def wait(
+        self,
+        *,
+        after: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+        timeout: float | None = None,
+    ) -> builtins.list[Event]:
+        """`list`, but when nothing was recorded after `after` yet, wait until something
+        is (from any thread or process: the store's change feed wakes the wait) or
+        `timeout` seconds of the engine's clock pass ([]). The follower's loop:
+        `after = events[-1].id` after each batch; start from `last_id()` to see only what
+        happens from now on."""
+        cursor = check.cursor(after)
+        count = check.limit(limit, MAX_EVENTS)
+        if run_id is not None:
+            check.identifier(run_id, "run_id")
+        limit_s = wait_timeout(timeout)
+
+        def look() -> tuple[builtins.list[Event], bool, float | None]:
+            found = self.list(after=cursor, run_id=run_id, limit=count)
+            return found, bool(found), None
+
+        return self._engine._waiters.wait(run_id or ANY_RUN, limit_s, look)
+
+    def last_id(self) -> str | None:
+        """The id of the newest event (None: none yet): `wait(after=...)` from it sees
+        only what happens from now on."""
+        return self._engine._read(lambda tx, ctx: tx.last_event_id())

@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
-from collections.abc import Callable, Collection
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, TypeVar
 
 from ._clock import Clock
 from ._store import Store
 
-__all__ = ["POLL_FIRST", "POLL_MAX", "Waiter", "Waiters"]
+__all__ = ["ANY_RUN", "POLL_FIRST", "POLL_MAX", "Look", "Waiter", "Waiters"]
+
+T = TypeVar("T")
+Look = tuple[T, bool, float | None]
+"""What one look finds: the value to return, whether the wait is over, and the clock time
+at which it will be over by itself if nothing happens (a deadline; None: none)."""
+
+ANY_RUN = ""
+"""The run id a waiter registers under to be woken by a change to any run."""
 
 POLL_FIRST = 0.01
 """With a store that has no change feed: the first pause before a waiter looks again."""
@@ -79,6 +88,7 @@ class Waiters:
         self._store = store
         self._clock = clock
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._by_run: dict[str, set[Waiter]] = {}
         self._started = False
         self._has_feed = False
@@ -98,9 +108,11 @@ class Waiters:
     def add(self, run_id: str, loop: asyncio.AbstractEventLoop | None = None) -> Waiter:
         """Register a waiter on `run_id` (before its first look)."""
         waiter = Waiter(run_id, loop)
+        if not self._started:
+            with self._start_lock:  # not the waiters' lock: a store may connect here
+                if not self._started:
+                    self._start()
         with self._lock:
-            if not self._started:
-                self._start()
             self._by_run.setdefault(run_id, set()).add(waiter)
         return waiter
 
@@ -115,7 +127,6 @@ class Waiters:
 
     def _start(self) -> None:
         """Subscribe to the store's feed and the clock, once, on the first wait."""
-        self._started = True
         stop = self._store.subscribe(self._changed)
         if stop is not None:
             self._has_feed = True
@@ -123,6 +134,7 @@ class Waiters:
         subscribe: Any = getattr(self._clock, "subscribe", None)
         if callable(subscribe):
             self._stops.append(subscribe(self._wake_all))
+        self._started = True
 
     def _changed(self, run_ids: Collection[str] | None) -> None:
         """The store's feed: these runs had events committed (None: maybe any run)."""
@@ -131,6 +143,7 @@ class Waiters:
             return
         with self._lock:
             woken = [w for run_id in run_ids for w in self._by_run.get(run_id, ())]
+            woken.extend(self._by_run.get(ANY_RUN, ()))
         for waiter in woken:
             waiter.wake()
 
@@ -152,3 +165,56 @@ class Waiters:
         for stop in stops:
             stop()
         self._wake_all()
+
+    def pause(self, now: float, marks: tuple[float | None, ...], pause: float) -> float | None:
+        """How long (real seconds) a waiter may block before it must look again: until
+        the earliest of `marks` (clock times: its timeout, a deadline), by the clock;
+        never longer than the polling `pause` when the store cannot wake it. None: until
+        woken."""
+        seconds: float | None = None  # a clock that moves only when told wakes us itself
+        if not self.clock_driven:
+            times = [t for t in marks if t is not None]
+            seconds = max(0.0, min(times) - now) if times else None
+        if self.polls:
+            seconds = pause if seconds is None else min(seconds, pause)
+        if seconds is not None and not math.isfinite(seconds):
+            seconds = None
+        return seconds
+
+    def wait(self, key: str, timeout: float | None, look: Callable[[], Look[T]]) -> T:
+        """Look (`look()`) until a look says the wait is over, or `timeout` seconds of the
+        clock pass; between looks, block until woken about run `key` (ANY_RUN: any run)
+        or until the next time worth a look. Returns the last look's value."""
+        waiter = self.add(key)
+        try:
+            end = None if timeout is None else self._clock.now() + timeout
+            pause = POLL_FIRST
+            while True:
+                waiter.event.clear()
+                value, over, deadline = look()
+                now = self._clock.now()
+                if over or (end is not None and now >= end):
+                    return value
+                waiter.block(self.pause(now, (end, deadline), pause))
+                pause = min(pause * 2, POLL_MAX)
+        finally:
+            self.remove(waiter)
+
+    async def wait_async(
+        self, key: str, timeout: float | None, look: Callable[[], Awaitable[Look[T]]]
+    ) -> T:
+        """`wait` for asyncio: the same looks, awaited; blocking holds no thread."""
+        waiter = self.add(key, asyncio.get_running_loop())
+        try:
+            end = None if timeout is None else self._clock.now() + timeout
+            pause = POLL_FIRST
+            while True:
+                waiter.event.clear()
+                value, over, deadline = await look()
+                now = self._clock.now()
+                if over or (end is not None and now >= end):
+                    return value
+                await waiter.block_async(self.pause(now, (end, deadline), pause))
+                pause = min(pause * 2, POLL_MAX)
+        finally:
+            self.remove(waiter)

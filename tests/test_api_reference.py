@@ -30,8 +30,10 @@ import hitl_sqlite
 import hitl_webhooks
 
 import hitl_core
+import hitl_core.adapter
+import hitl_core.aio
 from hitl_core import testing, webhooks
-from hitl_core.testing import contract, helpers, strategies
+from hitl_core.testing import bridge, contract, helpers, strategies
 
 API = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
@@ -41,6 +43,9 @@ _ROW = re.compile(r"^\| `([A-Za-z_]\w*\.[A-Za-z_]\w*)(\(.*?\))` \|", re.M)
 # Submodules and adapters, by the prefix their entries carry.
 MODULES: dict[str, ModuleType] = {
     "webhooks": webhooks,
+    "adapter": hitl_core.adapter,
+    "aio": hitl_core.aio,
+    "bridge": bridge,
     "contract": contract,
     "helpers": helpers,
     "strategies": strategies,
@@ -87,7 +92,12 @@ def public_methods(cls: type) -> list[str]:
 
 def expected() -> dict[str, Any]:
     """Every name that needs an entry -> the object it names."""
-    names: dict[str, Any] = {"hitl_core.webhooks": webhooks, "hitl_core.testing": testing}
+    names: dict[str, Any] = {
+        "hitl_core.webhooks": webhooks,
+        "hitl_core.testing": testing,
+        "hitl_core.adapter": hitl_core.adapter,
+        "hitl_core.aio": hitl_core.aio,
+    }
     for name in hitl_core.__all__:
         obj = getattr(hitl_core, name)
         names[name] = obj
@@ -96,6 +106,8 @@ def expected() -> dict[str, Any]:
                 names[f"{name}.{method}"] = getattr(obj, method)
     for prefix, module in MODULES.items():
         for name in module.__all__:
+            if module is hitl_core.adapter and name in hitl_core.__all__:
+                continue  # the same object as hitl_core's, documented there
             names[f"{prefix}.{name}"] = getattr(module, name)
     for qualified in EXTRA:
         prefix, name = qualified.split(".")
@@ -195,3 +207,29 @@ def test_the_reader_s_examples_of_entries() -> None:
     )
     assert documented["Transaction.get_run"] == "(run_id)"
     assert documented["Run"] is None
+
+
+ASYNC_TWINS = {
+    hitl_core.aio.AsyncHitl: hitl_core.Hitl,
+    hitl_core.aio.AsyncRuns: hitl_core.Runs,
+    hitl_core.aio.AsyncAgent: hitl_core.Agent,
+    hitl_core.aio.AsyncPermissions: hitl_core.Permissions,
+    hitl_core.aio.AsyncTasks: hitl_core.Tasks,
+    hitl_core.aio.AsyncEvents: hitl_core.Events,
+    hitl_core.aio.AsyncWebhooks: hitl_core.Webhooks,
+}
+
+
+def test_the_asyncio_api_mirrors_the_synchronous_one() -> None:
+    """SPEC 14: the same names, the same arguments, each a coroutine."""
+    for async_cls, sync_cls in ASYNC_TWINS.items():
+        sync_names = set(public_methods(sync_cls))
+        async_names = set(public_methods(async_cls))
+        assert async_names == sync_names, (async_cls.__name__, async_names ^ sync_names)
+        for name in sync_names:
+            method = getattr(async_cls, name)
+            assert inspect.iscoroutinefunction(method), f"{async_cls.__name__}.{name}"
+            assert render(method) == render(getattr(sync_cls, name)), (
+                f"{async_cls.__name__}.{name}: {render(method)} != "
+                f"{render(getattr(sync_cls, name))}"
+            )

@@ -1,7 +1,8 @@
-"""Lock-step: hypothesis drives the same random program through a memory engine and a
-SQLite engine (a real file) with equal ManualClocks and id sources; every step must
-give equal results (records, refusals with their codes, events). Subclasses compare
-the memory store with another one (`other_url`): test_postgres_lockstep.py."""
+"""Lock-step: hypothesis drives the same random program through two engines with equal
+ManualClocks and id sources, and every step must give equal results (records, refusals
+with their codes, events): a memory engine against a SQLite engine on a real file, and
+the synchronous engine against the asyncio one (`hitl_core.aio`); memory against
+PostgreSQL is in test_postgres_lockstep.py."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from hypothesis.stateful import (
 )
 
 import hitl_core
+import hitl_core.aio
 from hitl_core import HitlError
 from hitl_core.testing import strategies as hs
+from hitl_core.testing.bridge import EventLoopThread, bridged
 from hitl_core.testing.helpers import QUESTION, counter_ids, snapshot
 
 USERS = (None, "cust_1", "cust_2")
@@ -41,15 +44,15 @@ class LockStepMachine(RuleBasedStateMachine):
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory()
         self.clocks = [hitl_core.ManualClock(start=0.0), hitl_core.ManualClock(start=0.0)]
-        urls = ["memory://", self.other_url()]
         self.created = 0
-        self.engines = []
-        for url, clock in zip(urls, self.clocks, strict=True):
-            self.engines.append(hitl_core.connect(url, clock=clock, ids=counter_ids()))
+        self.engines: list[Any] = self.open_engines()
 
-    def other_url(self) -> str:
-        """The store compared with the memory store: an SQLite file here."""
-        return f"sqlite:///{Path(self.tmp.name) / 'h.db'}?synchronous=NORMAL"
+    def open_engines(self) -> list[Any]:
+        urls = ["memory://", f"sqlite:///{Path(self.tmp.name) / 'h.db'}?synchronous=NORMAL"]
+        return [
+            hitl_core.connect(url, clock=clock, ids=counter_ids())
+            for url, clock in zip(urls, self.clocks, strict=True)
+        ]
 
     def teardown(self) -> None:
         for engine in self.engines:
@@ -150,6 +153,21 @@ class LockStepMachine(RuleBasedStateMachine):
         }
         self.both(calls[how])
 
+    @rule(
+        run_id=runs,
+        worker=st.sampled_from(["w1", "w2"]),
+        then=st.sampled_from(["", "renew", "release"]),
+    )
+    def lease(self, run_id: str, worker: str, then: str) -> None:
+        out = self.both(lambda e: e.runs.claim(run_id, worker=worker, seconds=20.0))
+        if out[0] == "ok" and then:
+            lease = out[1]
+            self.both(lambda e: getattr(e.runs, then)(lease))
+
+    @rule(run_id=runs, key=st.sampled_from(["k1", "k2"]), tool=TOOLS)
+    def keyed(self, run_id: str, key: str, tool: str) -> None:
+        self.both(lambda e: e.agent(run_id).request_tool(tool, key=key))
+
     @rule(user=st.sampled_from(USERS), tool=hs.policy_tools)
     def policy(self, user: str | None, tool: str) -> None:
         self.both(lambda e: e.permissions.create(tool=tool, user_id=user))
@@ -173,3 +191,26 @@ LockStepMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestLockStep = LockStepMachine.TestCase
+
+
+class AsyncLockStepMachine(LockStepMachine):
+    """The synchronous engine against the asyncio one, both on memory stores."""
+
+    def open_engines(self) -> list[Any]:
+        self.loop_thread = EventLoopThread()
+        sync = hitl_core.connect("memory://", clock=self.clocks[0], ids=counter_ids())
+        engine = hitl_core.aio.connect("memory://", clock=self.clocks[1], ids=counter_ids())
+        return [sync, bridged(engine, self.loop_thread)]
+
+    def teardown(self) -> None:
+        super().teardown()
+        self.loop_thread.stop()
+
+
+AsyncLockStepMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("HITL_LOCKSTEP_EXAMPLES", "30")),
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestAsyncLockStep = AsyncLockStepMachine.TestCase

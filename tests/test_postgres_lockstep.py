@@ -5,16 +5,24 @@ step must give equal results."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from postgres_server import drop_schema, new_schema_name, server_url, with_options
 from test_lockstep import LockStepMachine
 
+import hitl_core
+from hitl_core.testing.helpers import counter_ids
+
 
 class PostgresLockStep(LockStepMachine):
-    def other_url(self) -> str:
+    def open_engines(self) -> list[Any]:
         self.schema = new_schema_name()
-        return with_options(server_url(), schema=self.schema)
+        urls = ["memory://", with_options(server_url(), schema=self.schema)]
+        return [
+            hitl_core.connect(url, clock=clock, ids=counter_ids())
+            for url, clock in zip(urls, self.clocks, strict=True)
+        ]
 
     def teardown(self) -> None:
         super().teardown()

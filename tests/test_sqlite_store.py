@@ -7,6 +7,8 @@ import hashlib
 import os
 import random
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -900,3 +902,80 @@ def test_webhook_records_round_trip_and_agree_with_memory(tmp_path: Path) -> Non
                 assert [d.id for d in tx.due_deliveries(99.0, 10)] == ["dlv_2"]
     finally:
         reopened.close()
+
+
+# -- schema upgrades -------------------------------------------------------------------
+
+
+def _version_1_file(path: Path) -> None:
+    """A database as hitl-core 0.1 wrote it: schema version 1, one paused run."""
+    from hitl_sqlite._schema import APPLICATION, SCHEMA
+
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("BEGIN")
+    for statement in SCHEMA:
+        db.execute(statement)
+    db.executemany(
+        "INSERT INTO hitl_meta (key, value) VALUES (?, ?)",
+        [("application", APPLICATION), ("schema_version", "1")],
+    )
+    db.execute(
+        "INSERT INTO runs (id, status, human_in_the_loop, permission_mode, user_id, task_id, "
+        "metadata, input_timeout, suspended, created_at, updated_at, plan_approved, "
+        "plan_revisions, remembered_allow, remembered_deny, deadline, output, error, version) "
+        "VALUES ('run_old', 'awaiting_approval', 1, 'approval', 'u', NULL, '{\"a\":1}', 75.0, 0, "
+        "10.0, 11.0, 0, 0, '[]', '[\"shell\"]', 86.0, NULL, NULL, 2)"
+    )
+    db.execute(
+        "INSERT INTO requests (request_id, run_id, kind, tool_name, tool_input, status, "
+        "created_at, remember, resumed) VALUES ('req_old', 'run_old', 'tool', 'deploy', "
+        "'{\"v\":7}', 'pending', 11.0, 0, 0)"
+    )
+    db.execute("COMMIT")
+    db.close()
+
+
+def test_a_version_1_file_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _version_1_file(path)
+    hitl = hitl_core.connect(url(path), clock=ManualClock(start=20.0))
+    run = hitl.runs.get("run_old")
+    assert (run.status, run.user_id, run.metadata, run.remembered_deny) == (
+        "awaiting_approval",
+        "u",
+        {"a": 1},
+        frozenset({"shell"}),
+    )
+    assert (run.lease_token, run.lease_worker, run.checkpoint) == (0, None, None)
+    result = hitl.runs.approve("run_old", request_id="req_old")
+    assert result.request.tool_input == {"v": 7} and result.applied
+    assert hitl.runs.claimable()[0].id == "run_old"
+    hitl.close()
+    db = sqlite3.connect(path)
+    version = db.execute("SELECT value FROM hitl_meta WHERE key = 'schema_version'").fetchone()
+    indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    db.close()
+    assert version == (str(hitl_sqlite.SCHEMA_VERSION),)
+    assert {"runs_by_status", "runs_claimable", "runs_ended"} <= indexes
+
+
+UPGRADER = """
+import sys, hitl_core
+with hitl_core.connect(sys.argv[1]) as hitl:
+    print(hitl.runs.get("run_old").status.value)
+"""
+
+
+def test_processes_opening_an_old_file_together_upgrade_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _version_1_file(path)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", UPGRADER, url(path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outputs = [process.communicate(timeout=60)[0].strip() for process in processes]
+    assert outputs == ["awaiting_approval"] * 4
+    assert [process.returncode for process in processes] == [0] * 4

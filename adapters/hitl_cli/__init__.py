@@ -225,6 +225,15 @@ def cmd_approve(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
         emit_json(result)
         return 0
     r = result.request
+    if not result.applied:  # someone decided first: say who, when and why
+        who = f" by {r.actor}" if r.actor else ""
+        why = f" ({r.reason})" if r.reason else ""
+        print(
+            f"{r.request_id} {r.tool_name}: already {r.status.value}{who} at "
+            f"{_when(r.resolved_at)} UTC{why}; your decision was not recorded"
+            + ("; remembered" if result.remembered and args.remember else "")
+        )
+        return 0
     extra = [
         word
         for word, on in (
@@ -373,6 +382,40 @@ def cmd_tick(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_before(text: str, now: float) -> float:
+    """A `--before` moment: an ISO date or date-time (UTC when it names no zone), seconds
+    since the epoch, or an age such as `30d`, `12h` or `90m` (that long before `now`)."""
+    value = text.strip()
+    units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+    if value[-1:] in units and value[:-1].replace(".", "", 1).isdigit():
+        return now - float(value[:-1]) * units[value[-1]]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(
+            "invalid_request",
+            f"--before takes a date (2026-01-31), a date-time, epoch seconds or an age "
+            f"(30d, 12h); got {value!r}",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def cmd_prune(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
+    before = parse_before(args.before, time.time())
+    deleted = hitl.runs.prune(before=before, batch=args.batch)
+    if args.json:
+        emit_json({"deleted": deleted, "before": before})
+    else:
+        print(f"deleted {deleted} run(s) that ended before {_when(before)} UTC")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         outcome = play(load(args.scenario))
@@ -410,6 +453,11 @@ SERVE_HINT = (
 )
 
 
+LEASE_ENV = "HITL_SERVE_LEASE_SECONDS"
+"""How long a `hitl serve` lease on a run lasts (default 30 s): shorter in tests, so that
+a killed server's agents are taken over quickly."""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import hitl_server
@@ -429,6 +477,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ScenarioError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    lease = os.environ.get(LEASE_ENV) or str(hitl_server.LEASE_SECONDS)
+    try:
+        lease_seconds = float(lease)
+    except ValueError:
+        lease_seconds = 0.0
+    if not 0 < lease_seconds < float("inf"):
+        print(f"error: ${LEASE_ENV} must be a number of seconds above 0", file=sys.stderr)
+        return 2
     store, shown = open_store(args.db)
     try:
         hitl_server.serve(
@@ -439,6 +495,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             api_key=key,
             scenario=scenario,
             webhook_interval=args.webhook_interval,
+            lease_seconds=lease_seconds,
         )
     except OSError as error:
         if not isinstance(store, str):
@@ -463,9 +520,10 @@ def cmd_inbox(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    store, _ = open_store(args.db)
     try:
         hitl_inbox.serve(
-            store_url(args.db),
+            store,
             host=args.host,
             port=args.port,
             password=password,
@@ -580,6 +638,15 @@ def build_parser() -> argparse.ArgumentParser:
     tick = command("tick", cmd_tick, "apply every passed deadline now")
     json_flag(tick)
 
+    prune = command(
+        "prune", cmd_prune, "delete runs that ended before a date, with their requests and events"
+    )
+    prune.add_argument(
+        "--before", required=True, help="a date, a date-time (UTC), epoch seconds or an age (30d)"
+    )
+    prune.add_argument("--batch", type=int, default=500, help="runs deleted per transaction")
+    json_flag(prune)
+
     serve = command(
         "serve",
         cmd_serve,
@@ -600,7 +667,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inbox.add_argument("--host", default="127.0.0.1")
     inbox.add_argument("--port", type=int, default=8001, help="0 picks a free port")
-    inbox.add_argument("--db", default=argparse.SUPPRESS, help="as hitl --db")
     inbox.add_argument("--poll-interval", type=float, default=0.2, help=argparse.SUPPRESS)
     return parser
 

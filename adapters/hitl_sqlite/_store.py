@@ -26,6 +26,7 @@ from hitl_core.adapter import (
     StoreError,
     Task,
     Transaction,
+    UnavailableError,
     ValidationError,
     WebhookDelivery,
     WebhookEndpoint,
@@ -119,14 +120,16 @@ def _is_busy(error: sqlite3.Error) -> bool:
 
 
 def store_error(error: sqlite3.Error, doing: str, path: str) -> StoreError:
-    """The StoreError for an sqlite3 error met while `doing` something with `path`."""
+    """The StoreError for an sqlite3 error met while `doing` something with `path`
+    (UnavailableError, 503, when the file was only busy: worth trying again)."""
     code = getattr(error, "sqlite_errorcode", None)
     name = _CODES.get(code & 0xFF, "store_error") if code is not None else "store_error"
     if name == "store_error" and _is_busy(error):
         name = "store_busy"
     if isinstance(error, sqlite3.ProgrammingError) and "closed" in str(error):
         name = "store_closed"
-    return StoreError(name, f"SQLite store {path!r}: {doing} failed: {error}")
+    kind = UnavailableError if name == "store_busy" else StoreError
+    return kind(name, f"SQLite store {path!r}: {doing} failed: {error}")
 
 
 class _Session:
@@ -329,7 +332,7 @@ class SqliteStore(Store):
                 if not _is_busy(error):
                     raise
                 if attempt == BUSY_ATTEMPTS - 1:
-                    raise StoreError(
+                    raise UnavailableError(
                         "store_busy",
                         f"SQLite store {self.path!r} stayed locked by another writer "
                         f"through {BUSY_ATTEMPTS} attempts; try again",
@@ -410,7 +413,7 @@ class _Scope(AbstractContextManager[Transaction]):
 
     def _hold_writer(self, session: _Session) -> None:
         if not self._store._writer.acquire(timeout=LOCK_WAIT):
-            raise StoreError(
+            raise UnavailableError(
                 "store_busy", f"waited {LOCK_WAIT}s for this process's writer lock; try again"
             )
         session.holds_writer = True

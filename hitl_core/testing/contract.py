@@ -122,9 +122,14 @@ class HitlContract:
     def clock(self) -> ManualClock:
         return ManualClock(start=START)
 
+    def open_engine(self, store: str | Store, **options: Any) -> hitl_core.Hitl:
+        """The engine the tests use on `store` (a URL or a Store): `hitl_core.connect`.
+        A subclass may hand out another face of the engine (the asyncio one, bridged)."""
+        return hitl_core.connect(store, **options)
+
     @pytest.fixture
     def hitl(self, store_url: str, clock: ManualClock) -> Iterator[hitl_core.Hitl]:
-        engine = hitl_core.connect(store_url, clock=clock)
+        engine = self.open_engine(store_url, clock=clock)
         yield engine
         engine.close()
 
@@ -135,7 +140,7 @@ class HitlContract:
 
         def open_engine(**options: Any) -> hitl_core.Hitl:
             options.setdefault("clock", clock)
-            engine = hitl_core.connect(store_url, **options)
+            engine = self.open_engine(store_url, **options)
             opened.append(engine)
             return engine
 
@@ -1439,7 +1444,7 @@ class HitlContract:
         refused(hitl, NotFoundError, "gate_not_found", lambda: hitl.agent(run.id).result("req_x"))
 
     def test_context_manager_closes(self, store_url: str, clock: ManualClock) -> None:
-        with hitl_core.connect(store_url, clock=clock) as engine:
+        with self.open_engine(store_url, clock=clock) as engine:
             engine.runs.create()
         with pytest.raises(ConflictError) as caught:
             engine.runs.create()
@@ -1447,12 +1452,20 @@ class HitlContract:
 
     # -- runs.create(idempotency_key=...) --------------------------------------------------
     def test_idempotent_creation(self, hitl: hitl_core.Hitl) -> None:
-        first = hitl.runs.create(user_id="alice", metadata={"a": 1}, idempotency_key="k1")
-        again = hitl.runs.create(user_id="alice", metadata={"a": 1}, idempotency_key="k1")
+        first = hitl.runs.create(
+            user_id="alice", metadata={"a": 1, "b": {"x": 1, "y": 2}}, idempotency_key="k1"
+        )
+        again = hitl.runs.create(  # the same metadata, built in another order
+            user_id="alice", metadata={"b": {"y": 2, "x": 1}, "a": 1}, idempotency_key="k1"
+        )
         assert again == first
         assert [r.id for r in hitl.runs.list().data] == [first.id]
         for changed in ({"user_id": "bob"}, {"metadata": {"a": 2}}, {"human_in_the_loop": True}):
-            options: dict[str, Any] = {"user_id": "alice", "metadata": {"a": 1}, **changed}
+            options: dict[str, Any] = {
+                "user_id": "alice",
+                "metadata": {"a": 1, "b": {"x": 1, "y": 2}},
+                **changed,
+            }
             refused(
                 hitl,
                 ValidationError,
@@ -1461,6 +1474,28 @@ class HitlContract:
                 users=(None, "alice", "bob"),
             )
         assert hitl.runs.create(idempotency_key="k2").id != first.id
+
+    def test_idempotent_task_runs(self, hitl: hitl_core.Hitl) -> None:
+        task = hitl.tasks.create(name="report", user_id="alice")
+        first = hitl.tasks.run(task.id, checkpoint={"step": 0}, idempotency_key="t1")
+        assert (first.task_id, first.user_id, first.checkpoint) == (task.id, "alice", {"step": 0})
+        again = hitl.tasks.run(task.id, checkpoint={"step": 0}, idempotency_key="t1")
+        assert again == first
+        other = hitl.tasks.create(name="other", user_id="alice")
+        for call in (
+            lambda: hitl.tasks.run(task.id, checkpoint={"step": 1}, idempotency_key="t1"),
+            lambda: hitl.tasks.run(other.id, checkpoint={"step": 0}, idempotency_key="t1"),
+            lambda: hitl.tasks.run(task.id, idempotency_key="t1", metadata={"a": 1}),
+            lambda: hitl.runs.create(user_id="alice", checkpoint={"step": 0}, idempotency_key="t1"),
+        ):
+            refused(hitl, ValidationError, "idempotency_key_reused", call, users=(None, "alice"))
+        assert [r.id for r in hitl.runs.list(user_id="alice").data] == [first.id]
+        refused(
+            hitl,
+            ValidationError,
+            "invalid_request",
+            lambda: hitl.tasks.run(task.id, checkpoint={1: 2}),
+        )
 
     # -- leases ----------------------------------------------------------------------------
     def test_a_lease_fences_the_agent_side(self, hitl: hitl_core.Hitl, clock: ManualClock) -> None:
@@ -1600,8 +1635,8 @@ class HitlContract:
     def test_wait_ends_on_a_decision_from_another_thread(
         self, store_factory: Callable[[], Store], clock: ManualClock
     ) -> None:
-        agent_side = hitl_core.connect(store_factory(), clock=clock)
-        person_side = hitl_core.connect(store_factory(), clock=clock)
+        agent_side = self.open_engine(store_factory(), clock=clock)
+        person_side = self.open_engine(store_factory(), clock=clock)
         run = self.approval_run(agent_side)
         gate = agent_side.agent(run.id).request_tool("deploy")
         assert gate.request_id is not None
@@ -1624,6 +1659,25 @@ class HitlContract:
         waited = within(30, lambda: agent.wait(gate.request_id))  # until the deadline
         assert waited.status == "pending" and hitl.runs.get(run.id).suspended is True
         assert within(30, lambda: agent.wait(gate.request_id)).status == "pending"  # at once
+
+    def test_events_wait_follows_the_log(
+        self, store_factory: Callable[[], Store], clock: ManualClock
+    ) -> None:
+        follower = self.open_engine(store_factory(), clock=clock)
+        writer = self.open_engine(store_factory(), clock=clock)
+        assert follower.events.last_id() is None
+        first = writer.runs.create()
+        start = follower.events.last_id()
+        assert start is not None and follower.events.wait(after=None)[0].run_id == first.id
+        threading.Timer(0.2, writer.runs.create).start()
+        found = within(30, lambda: follower.events.wait(after=start))
+        assert [e.type for e in found] == ["run.started"] and found[0].run_id != first.id
+        other = writer.runs.create()
+        mine = within(30, lambda: follower.events.wait(after=found[-1].id, run_id=other.id))
+        assert [e.run_id for e in mine] == [other.id]
+        threading.Timer(0.2, lambda: clock.advance(5)).start()
+        quiet = within(30, lambda: follower.events.wait(after=mine[-1].id, timeout=3))
+        assert quiet == []
 
     def test_wait_ends_when_the_run_ends(self, hitl: hitl_core.Hitl) -> None:
         run = self.approval_run(hitl)
@@ -1851,7 +1905,7 @@ class HitlContract:
     def test_two_engines_on_one_store_decide_one_request_once(
         self, store_factory: Callable[[], Store], clock: ManualClock
     ) -> None:
-        engines = [hitl_core.connect(store_factory(), clock=clock) for _ in range(4)]
+        engines = [self.open_engine(store_factory(), clock=clock) for _ in range(4)]
         for round_ in range(5):
             run = self.approval_run(engines[0])
             gate = engines[0].agent(run.id).request_tool(f"t{round_}")
@@ -1898,13 +1952,13 @@ class HitlContract:
     ) -> None:
         if not self.durable:
             pytest.skip("this store keeps nothing once closed")
-        first = hitl_core.connect(store_factory(), clock=clock)
+        first = self.open_engine(store_factory(), clock=clock)
         run = self.approval_run(first, user_id="u", input_timeout=30.0)
         gate = first.agent(run.id).request_tool("deploy")
         first.permissions.create(tool="slack.*", user_id="u")
         before = snapshot(first, ("u",))
         first.close()
-        again = hitl_core.connect(store_factory(), clock=clock)
+        again = self.open_engine(store_factory(), clock=clock)
         assert snapshot(again, ("u",)) == before
         clock.advance(30)  # the deadline kept counting from its stored time
         assert again.runs.get(run.id).suspended is True
