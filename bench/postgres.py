@@ -366,9 +366,7 @@ def notify_latency(server: Server, count: int) -> dict[str, float]:
     thread.join(60)
     return {
         "from_call_ms": statistics.median((received[i] - called[i]) * 1000 for i in received),
-        "after_return_ms": statistics.median(
-            (received[i] - returned[i]) * 1000 for i in received
-        ),
+        "after_return_ms": statistics.median((received[i] - returned[i]) * 1000 for i in received),
     }
 
 

@@ -139,4 +139,31 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 
 # The PostgreSQL server and a fresh schema per test (tests/postgres_server.py).
-from postgres_server import pg_server, pg_url  # noqa: E402, F401
+from postgres_server import pg_server, pg_url, unavailable  # noqa: E402, F401
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgres: needs a PostgreSQL server")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a PostgreSQL server, leave its tests out, saying why once (under CI they
+    stay, and fail)."""
+    marked = [item for item in items if item.get_closest_marker("postgres")]
+    if not marked or os.environ.get("CI"):
+        return
+    why = unavailable()
+    if why is None:
+        return
+    config.hook.pytest_deselected(items=marked)
+    items[:] = [item for item in items if not item.get_closest_marker("postgres")]
+    config.stash[_POSTGRES_LEFT_OUT] = f"{len(marked)} PostgreSQL tests left out: {why}"
+
+
+_POSTGRES_LEFT_OUT = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    line = config.stash.get(_POSTGRES_LEFT_OUT, None)
+    if line is not None:
+        terminalreporter.write_line(f"SKIPPED {line}")

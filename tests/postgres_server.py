@@ -1,8 +1,9 @@
 """The PostgreSQL server the tests use, and a fresh schema per test.
 
 The server is `$HITL_TEST_POSTGRES_URL`, else postgresql://postgres@127.0.0.1:5432/test
-if it answers. When none answers (or psycopg is not installed) the PostgreSQL tests
-are skipped with one line saying why, except when `$CI` is set: then they fail."""
+if it answers. Tests that need it carry the `postgres` mark. When none answers (or
+psycopg is not installed) they are left out with one line saying why (conftest.py),
+except when `$CI` is set: then they run and fail."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def _look() -> tuple[str | None, str]:
         where = f"${ENV}" if os.environ.get(ENV) else LOCAL
         return None, f"no PostgreSQL server answered at {where} ({first}); set ${ENV}"
     return url, ""
+
+
+def unavailable() -> str | None:
+    """Why there is no server for the tests, or None when there is one."""
+    global _found
+    if _found is None:
+        _found = _look()
+    return _found[1] or None
 
 
 def server_url() -> str:

@@ -204,7 +204,15 @@ def page_directory(tmp_path: Path) -> Iterator[None]:
                 del sys.modules[name]  # the next page imports the example afresh
 
 
-@pytest.mark.parametrize("path", pages_with_python(), ids=lambda p: str(p.relative_to(ROOT)))
+def _page(path: Path) -> Any:
+    """A page to run, marked `postgres` when it talks to PostgreSQL."""
+    needs = "doc-test: postgres" in path.read_text()
+    return pytest.param(path, marks=[pytest.mark.postgres] if needs else [])
+
+
+@pytest.mark.parametrize(
+    "path", [_page(p) for p in pages_with_python()], ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_page_examples_run(path: Path, tmp_path: Path) -> None:
     with page_directory(tmp_path), contextlib.ExitStack() as stack:
         page = Page(path, stack)

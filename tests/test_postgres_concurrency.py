@@ -27,6 +27,8 @@ from postgres_server import (
 import hitl_core
 from hitl_core import ManualClock
 
+pytestmark = pytest.mark.postgres
+
 STATUS = {"allow": "allowed", "deny": "denied"}
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,6 +256,7 @@ def test_killed_writers_keep_every_acknowledged_decision(
 FLAKY_STREAM = """
 import json, sys, time, traceback
 import hitl_core
+
 
 url, seconds = sys.argv[1], float(sys.argv[2])
 hitl = hitl_core.connect(url, clock=hitl_core.ManualClock(start=0.0))

@@ -7,6 +7,8 @@ import pytest
 
 from hitl_core.testing.contract import HitlContract
 
+pytestmark = pytest.mark.postgres
+
 
 class TestPostgresStore(HitlContract):
     @pytest.fixture

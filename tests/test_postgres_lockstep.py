@@ -14,6 +14,8 @@ from test_lockstep import LockStepMachine
 import hitl_core
 from hitl_core.testing.helpers import counter_ids
 
+pytestmark = pytest.mark.postgres
+
 
 class PostgresLockStep(LockStepMachine):
     def open_engines(self) -> list[Any]:

@@ -22,6 +22,8 @@ import hitl_core
 from hitl_core import ManualClock, StoreError, UnavailableError, ValidationError
 from hitl_core.testing.contract import refused
 
+pytestmark = pytest.mark.postgres
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -535,6 +537,7 @@ CLAIMER = """
 import json, sys
 import hitl_core
 
+
 url = sys.argv[1]
 with hitl_core.connect(url, clock=hitl_core.ManualClock(start=10.0)) as hitl:
     hitl.webhooks.list()
@@ -613,3 +616,34 @@ def test_json_values_round_trip_exactly(pg_url: str) -> None:
             assert hitl.runs.get(run.id).metadata == value
             out = hitl.agent(run.id).complete(output=json.loads(json.dumps(value)))
             assert hitl.runs.get(run.id).output == value == out.output
+
+
+def test_the_hitl_command_works_on_a_postgresql_url(pg_url: str) -> None:
+    hitl_command = Path(sys.executable).parent / "hitl"
+    if not hitl_command.exists():
+        pytest.skip("the hitl command is not installed (pip install -e .)")
+    with hitl_core.connect(pg_url) as hitl:
+        run = hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
+        gate = hitl.agent(run.id).request_tool("deploy.prod", {"version": 7})
+        assert gate.request_id is not None
+
+        def command(*args: str) -> str:
+            done = subprocess.run(
+                [str(hitl_command), "--db", pg_url, *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        pending = [json.loads(line) for line in command("pending", "--json").splitlines()]
+        assert [p["request_id"] for p in pending] == [gate.request_id]
+        command("approve", run.id, gate.request_id, "--reason", "from the command line")
+        request = hitl.agent(run.id).result(gate.request_id)
+        assert (request.status, request.reason) == ("allowed", "from the command line")
+        env = {**os.environ, "HITL_DB": pg_url}
+        listed = subprocess.run(
+            [str(hitl_command), "runs", "list", "--json"], capture_output=True, text=True, env=env
+        )
+        assert listed.returncode == 0 and run.id in listed.stdout, listed.stderr

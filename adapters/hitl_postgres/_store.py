@@ -4,7 +4,6 @@ transactions, and the port's reads; psycopg errors end here (see _errors)."""
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -43,8 +42,6 @@ from ._listen import Listener, channel_name
 from ._schema import ensure_schema
 
 __all__ = ["PostgresStore", "PostgresTransaction", "open_store"]
-
-log = logging.getLogger("hitl_postgres")
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
