@@ -5,6 +5,7 @@ paused run on disk. Ratios measured in one run are the result.
 
     python bench/postgres.py            # the full run (a few minutes)
     python bench/postgres.py --quick    # a smoke run with tiny sizes (used by the tests)
+    python bench/postgres.py --profile  # only: each statement of a cycle, timed
 
 The server is --url, else $HITL_TEST_POSTGRES_URL, else postgresql://postgres@127.0.0.1/test;
 every measurement works in a schema of its own, dropped at the end.
@@ -434,6 +435,87 @@ def langgraph_bytes(server: Server, count: int) -> dict[str, float] | None:
     return {"written": written, "live": vacuumed(server, schema, before) / count}
 
 
+# -- the profile ------------------------------------------------------------------------
+
+
+def profile(server: Server, count: int) -> dict[str, Any]:
+    """Where a cycle's time goes: each statement the store sends, timed (wall time, and
+    the server process's CPU time read from /proc when the server runs on this machine),
+    and the client's CPU time. One connection, `count` cycles."""
+    from hitl_postgres._store import PostgresTransaction  # instrumented for this only
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def server_cpu(pid: int) -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    found: dict[str, list[float]] = {}
+    original = PostgresTransaction._execute
+
+    def timed(self: Any, query: str, params: Any, *, committing: bool = False) -> Any:
+        pid = self.conn.info.backend_pid
+        before, started = server_cpu(pid), time.perf_counter()
+        try:
+            return original(self, query, params, committing=committing)
+        finally:
+            after = server_cpu(pid)
+            kind = "write (hitl_write)" if "hitl_write" in query else _kind(query)
+            row = found.setdefault(kind, [0, 0.0, 0.0])
+            row[0] += 1
+            row[1] += time.perf_counter() - started
+            row[2] += 0.0 if before is None or after is None else after - before
+
+    hitl = hitl_core.connect(server.store_url(server.schema(), pool_max_size="1"))
+    agents = [
+        (run.id, hitl.agent(run.id))
+        for run in (
+            hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
+            for _ in range(count)
+        )
+    ]
+    PostgresTransaction._execute = timed  # type: ignore[method-assign]
+    try:
+        client, started = time.process_time(), time.perf_counter()
+        for run_id, agent in agents:
+            gate = agent.request_tool("gmail.send", {"to": "a@b.c"})
+            hitl.runs.approve(run_id, request_id=gate.request_id)  # type: ignore[arg-type]
+            agent.result(gate.request_id)  # type: ignore[arg-type]
+        wall, client = time.perf_counter() - started, time.process_time() - client
+    finally:
+        PostgresTransaction._execute = original  # type: ignore[method-assign]
+        hitl.close()
+    return {
+        "cycle_ms": wall / count * 1000,
+        "client_cpu_ms": client / count * 1000,
+        "statements": {
+            kind: {
+                "per_cycle": calls / count,
+                "wall_us": seconds / calls * 1e6,
+                "server_cpu_us": cpu / calls * 1e6,
+            }
+            for kind, (calls, seconds, cpu) in found.items()
+        },
+    }
+
+
+def _kind(query: str) -> str:
+    """A short name for a read statement."""
+    if "json_agg" in query:
+        return "read: a run with its requests"
+    if "deadline <=" in query:
+        return "read: overdue runs"
+    if "policies" in query:
+        return "read: policies that may cover a tool"
+    if "requests" in query:
+        return "read: requests"
+    return "other: " + " ".join(query.split())[:40]
+
+
 # -- the report -------------------------------------------------------------------------
 
 
@@ -451,8 +533,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--url", help="the PostgreSQL server (a libpq URL)")
+    parser.add_argument(
+        "--profile", action="store_true", help="only time each statement of a cycle"
+    )
     args = parser.parse_args(argv)
     url = args.url or os.environ.get("HITL_TEST_POSTGRES_URL") or LOCAL
+    if args.profile:
+        with server_at(url) as server:
+            report_profile(profile(server, 50 if args.quick else 1000))
+        return 0
     quick = args.quick
     n, n_lg, reps = (20, 10, 1) if quick else (600, 200, 5)
     results: dict[str, Any] = {"quick": quick, "cycles_per_second": {}}
@@ -493,6 +582,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def report_profile(found: dict[str, Any]) -> None:
+    print(
+        f"\nOne cycle: {found['cycle_ms']:.2f} ms of wall time, "
+        f"{found['client_cpu_ms']:.2f} ms of client CPU"
+    )
+    print(f"  {'statement':<40} {'per cycle':>9} {'wall µs':>9} {'server CPU µs':>14}")
+    server = 0.0
+    for kind, row in sorted(found["statements"].items(), key=lambda kv: -kv[1]["wall_us"]):
+        server += row["per_cycle"] * row["server_cpu_us"]
+        print(
+            f"  {kind:<40} {row['per_cycle']:>9.2f} {row['wall_us']:>9.0f}"
+            f" {row['server_cpu_us']:>14.0f}"
+        )
+    print(f"  server CPU per cycle: {server / 1000:.2f} ms (0 when /proc cannot show it)")
 
 
 def _ratio(a: float | None, b: float | None) -> str:

@@ -66,3 +66,12 @@ def test_quick_postgres_benchmark_runs_and_reports(tmp_path: Path, pg_server: st
     assert (rates["LangGraph PostgresSaver"] is not None) == has_peer
     assert data["wake_up"]["from_call_ms"] > 0  # woken after the decision was asked for
     assert data["bytes_per_paused_run"]["hitl-core postgresql"]["written"] > 0
+    bench = str(ROOT / "bench" / "postgres.py")
+    profiled = subprocess.run(
+        [sys.executable, bench, "--profile", "--quick", "--url", pg_server],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert "write (hitl_write)" in profiled.stdout and "read: overdue runs" in profiled.stdout
