@@ -179,6 +179,27 @@ def test_malformed_bodies_are_422_and_change_nothing(url: str) -> None:
     assert state(url) == before
 
 
+def test_huge_names_and_messages_are_refused_and_the_server_stays_up(url: str) -> None:
+    """A ~300 KB tool name once took the server down (a quadratic lookup in the store)."""
+    base = {"stream": False, "human_in_the_loop": True, "permission_mode": "approval"}
+    for body, field in (
+        ({**base, "message": "go", "tools": ["n" * 300_000]}, "tools"),
+        ({**base, "message": "tool:" + "n" * 300_000}, "message"),
+    ):
+        error = refused(call(url, "POST", "/runs/", body), 422, "invalid_request")
+        assert field in error["message"]
+    long_name = {**base, "message": "tool:" + "n" * 5_000}  # the agent's own call is refused
+    status, _, run = call(url, "POST", "/runs/", long_name)
+    assert status == 200, run
+    for _ in range(300):
+        now = call(url, "GET", f"/runs/{run['id']}")[2]
+        if now["status"] == "failed":
+            break
+        time.sleep(0.02)
+    assert now["status"] == "failed" and "tool_name" in str(now)
+    assert call(url, "GET", "/runs/")[0] == 200  # still serving
+
+
 def test_a_second_decision_is_told_who_decided_first(url: str) -> None:
     # two tools: after the first decision the agent waits on the second, so the run is
     # still active when the second person decides the first

@@ -358,14 +358,14 @@ def cmd_events(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, _stop) for sig in handled}
     try:
         after = args.after
-        while True:
-            events = hitl.events.list(after=after, run_id=args.run, limit=1000)
+        while True:  # events.wait returns as soon as something is recorded (no polling)
+            events = hitl.events.wait(
+                after=after, run_id=args.run, limit=1000, timeout=args.interval
+            )
             for event in events:
                 _print_event(event, args.json)
             if events:
                 after = events[-1].id
-            else:
-                time.sleep(args.interval)
     except _Stopped:
         return 0
     finally:
@@ -632,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--follow", "-f", action="store_true")
     events.add_argument("--run")
     events.add_argument("--after", help="start after this event id")
-    events.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    events.add_argument("--interval", type=float, default=60.0, help=argparse.SUPPRESS)
     json_flag(events)
 
     tick = command("tick", cmd_tick, "apply every passed deadline now")

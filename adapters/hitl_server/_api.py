@@ -104,12 +104,25 @@ def _optional(body: dict[str, Any], name: str, kinds: type | tuple[type, ...]) -
     return value
 
 
+MAX_NAME = 256
+"""Characters of a tool name, as the core allows."""
+MAX_NAMES = 64
+"""Tool names a run or task may list."""
+MAX_MESSAGE = 20_000
+"""Characters of a run's message (the simulated agent's instructions)."""
+
+
 def _strings(body: dict[str, Any], name: str) -> list[str] | None:
     value = body.get(name)
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValidationError("invalid_request", f"{name} must be a list of names")
+    if len(value) > MAX_NAMES or any(len(v) > MAX_NAME for v in value):
+        raise ValidationError(
+            "invalid_request",
+            f"{name} holds at most {MAX_NAMES} names of at most {MAX_NAME} characters",
+        )
     return value
 
 
@@ -127,6 +140,10 @@ def _message(body: dict[str, Any], *names: str) -> str:
         raise ValidationError("invalid_request", f"{names[0]} is required")
     if not all(isinstance(v, str) and v.strip() for v in given):
         raise ValidationError("invalid_request", f"{names[0]} must be a non-empty string")
+    if any(len(v) > MAX_MESSAGE for v in given):
+        raise ValidationError(
+            "invalid_request", f"{names[0]} is longer than {MAX_MESSAGE:,} characters"
+        )
     if len(set(given)) > 1:
         raise ValidationError("invalid_request", f"{' / '.join(names)} differ")
     text: str = given[0]
