@@ -324,12 +324,12 @@ def test_text_postgresql_cannot_hold_is_refused_and_changes_nothing(pg_url: str)
     with hitl_core.connect(pg_url) as hitl:
         run = hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
         agent = hitl.agent(run.id)
-        for call in (
-            lambda: agent.request_tool("nul\x00tool"),
-            lambda: hitl.permissions.create(tool="a\x00*"),
-            lambda: hitl.runs.create(user_id="cust\x00"),
+        for code, call in (
+            ("invalid_request", lambda: agent.request_tool("nul\x00tool")),
+            ("invalid_request", lambda: hitl.permissions.create(tool="a\x00*")),
+            ("invalid_config", lambda: hitl.runs.create(user_id="cust\x00")),
         ):
-            error = refused(hitl, ValidationError, "invalid_request", call)
+            error = refused(hitl, ValidationError, code, call)
             assert "NUL" in str(error)
         # inside JSON a NUL is an escape (\u0000), which PostgreSQL keeps
         assert hitl.runs.create(metadata={"k": "nul\x00"}).metadata == {"k": "nul\x00"}

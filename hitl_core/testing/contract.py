@@ -1348,6 +1348,26 @@ class HitlContract:
             lambda: hitl.runs.answer(run.id, answers={QUESTION["question"]: bad}),
         )
 
+    def test_plain_text_with_a_nul_is_refused_by_every_store(self, hitl: hitl_core.Hitl) -> None:
+        """PostgreSQL's text cannot hold NUL, so no store takes it in a name or a reason;
+        inside JSON data (arguments, metadata) it is an escape every store keeps."""
+        run = self.approval_run(hitl)
+        agent = hitl.agent(run.id)
+        gate = agent.request_tool("deploy")
+        for code, call in (
+            ("invalid_config", lambda: hitl.runs.create(user_id="cust\x00")),
+            ("invalid_request", lambda: agent.request_tool("nul\x00tool")),
+            ("invalid_request", lambda: hitl.permissions.create(tool="a\x00*")),
+            (
+                "invalid_request",
+                lambda: hitl.runs.approve(run.id, request_id=gate.request_id, reason="a\x00"),
+            ),
+        ):
+            error = refused(hitl, ValidationError, code, call)
+            assert "NUL" in error.message
+        kept = hitl.runs.create(metadata={"k": "nul\x00"})
+        assert hitl.runs.get(kept.id).metadata == {"k": "nul\x00"}
+
     def test_odd_json_is_refused_not_a_crash(self, hitl: hitl_core.Hitl) -> None:
         loop: dict[str, Any] = {}
         loop["self"] = loop
