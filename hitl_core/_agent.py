@@ -136,12 +136,11 @@ class Agent:
     def _look(self, request_id: object) -> tuple[PermissionRequest, Run]:
         """The request and its run as stored now (deadlines applied)."""
         engine = self._engine
-        if isinstance(request_id, str) and len(request_id) > check.MAX_ID:
-            raise check.too_long("request_id", check.MAX_ID)
+        named = check.identifier(request_id, "request_id")
 
         def work(tx: Transaction, ctx: Context) -> tuple[PermissionRequest, Run]:
             run, _ = engine._load(tx, ctx, self.run_id)
-            request = tx.get_request(request_id) if isinstance(request_id, str) else None
+            request = tx.get_request(named)
             if request is None or request.run_id != run.id:
                 raise NotFoundError("gate_not_found", f"no request {shown(request_id)} on this run")
             return request, run

@@ -126,12 +126,23 @@ class Tasks:
         """The task (404 task_not_found)."""
         return self._engine._read(lambda tx, ctx: _task(tx, task_id))
 
-    def run(self, task_id: str, **overrides: Any) -> Run:
+    def run(
+        self,
+        task_id: str,
+        *,
+        checkpoint: Any = None,
+        idempotency_key: str | None = None,
+        **overrides: Any,
+    ) -> Run:
         """Start a run of the task: each setting is the override, else the task's, else
-        the default; the result is validated as `runs.create` does."""
+        the default; the result is validated as `runs.create` does. `checkpoint` and
+        `idempotency_key` are those of `runs.create` (the key is bound to the task too)."""
         unknown = set(overrides) - _TASK_OVERRIDES
         if unknown:
             raise ValidationError("invalid_request", f"unknown task run settings {sorted(unknown)}")
+        key = None
+        if idempotency_key is not None:
+            key = check.text(idempotency_key, "idempotency_key", limit=check.MAX_NAME)
         engine = self._engine
 
         def work(tx: Transaction, ctx: Context) -> Run:
@@ -149,18 +160,16 @@ class Tasks:
                 user_id=pick("user_id", None),
                 input_timeout=pick("input_timeout", check.DEFAULT_INPUT_TIMEOUT),
                 metadata=overrides.get("metadata"),
-                checkpoint=None,
+                checkpoint=checkpoint,
                 task_id=task.id,
             )
-            return start(engine, tx, ctx, values, None)
+            return start(engine, tx, ctx, values, key)
 
         return engine._write(work)
 
 
 def _task(tx: Transaction, task_id: object) -> Task:
-    if isinstance(task_id, str) and len(task_id) > check.MAX_ID:
-        raise check.too_long("task_id", check.MAX_ID)
-    task = tx.get_task(task_id) if isinstance(task_id, str) else None
+    task = tx.get_task(check.identifier(task_id, "task_id"))
     if task is None:
         raise NotFoundError("task_not_found", f"no task {shown(task_id)}")
     return task

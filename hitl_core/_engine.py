@@ -244,10 +244,9 @@ class Hitl:
     def _load(self, tx: Transaction, ctx: Context, run_id: object) -> tuple[Run, Context]:
         """The run named `run_id` brought up to date (its passed deadline applied; a read
         transaction becomes a write for that), and the call's context, its time never
-        earlier than the run's last change. 404 run_not_found."""
-        if isinstance(run_id, str) and len(run_id) > check.MAX_ID:
-            raise check.too_long("run_id", check.MAX_ID)
-        run = tx.get_run(run_id) if isinstance(run_id, str) else None
+        earlier than the run's last change. 422 for an id that is not a string (or is
+        too long), 404 run_not_found."""
+        run = tx.get_run(check.identifier(run_id, "run_id"))
         if run is None:
             raise NotFoundError("run_not_found", f"no run {shown(run_id)}")
         ctx = ctx.after(run)

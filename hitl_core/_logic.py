@@ -11,6 +11,7 @@ the SPEC gives."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -123,6 +124,12 @@ def _touch(run: Run, now: float, **changes: Any) -> Run:
     return changed(run, version=run.version + 1, updated_at=now, **changes)
 
 
+def _hold(run: Run, **changes: Any) -> Run:
+    """The run with a lease change: a new version (the compare-and-set sees it), but the
+    same `updated_at`, which tells people when the run itself last changed."""
+    return changed(run, version=run.version + 1, **changes)
+
+
 def _resolved_event(ctx: Context, request: PermissionRequest) -> Event:
     return ctx.event(
         "request.resolved",
@@ -141,8 +148,11 @@ def _resolved_event(ctx: Context, request: PermissionRequest) -> Event:
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
-    """A digest of a `runs.create` call's settings, to tell a retry from a reuse."""
-    return hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()
+    """A digest of a `runs.create` call's settings (JSON data, keys sorted at every
+    level, so equal dicts built in another order give the same digest), to tell a retry
+    from a reuse of the key."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_run(
@@ -240,7 +250,7 @@ def claim(ctx: Context, run: Run, worker: str, seconds: float) -> Step:
         "lease_token": run.lease_token + 1,
         "lease_expires": ctx.now + seconds,
     }
-    return Step(_touch(run, ctx.now, **changes))
+    return Step(_hold(run, **changes))
 
 
 def renew(ctx: Context, run: Run, lease: Lease, seconds: float) -> Step:
@@ -248,7 +258,7 @@ def renew(ctx: Context, run: Run, lease: Lease, seconds: float) -> Step:
     run's newest lease any more, even if it had lapsed meanwhile)."""
     _rules.fire(run.status, "hold")
     fence(run, lease, ctx.now)
-    return Step(_touch(run, ctx.now, lease_worker=lease.worker, lease_expires=ctx.now + seconds))
+    return Step(_hold(run, lease_worker=lease.worker, lease_expires=ctx.now + seconds))
 
 
 def release(ctx: Context, run: Run, lease: Lease) -> Step:
@@ -256,7 +266,7 @@ def release(ctx: Context, run: Run, lease: Lease) -> Step:
     (applied=False). Releasing on an ended run changes nothing either."""
     if run.is_terminal or lease.token != run.lease_token or run.lease_worker is None:
         return Step(run, applied=False)
-    return Step(_touch(run, ctx.now, lease_worker=None, lease_expires=None))
+    return Step(_hold(run, lease_worker=None, lease_expires=None))
 
 
 def save_checkpoint(ctx: Context, run: Run, lease: Lease | None, checkpoint: object) -> Step:
@@ -520,6 +530,11 @@ def decided(
     )
 
 
+def _by(request: PermissionRequest) -> str:
+    """" by <actor>" for a refusal that names who decided first (nothing if unknown)."""
+    return f" by {shown(request.actor)}" if request.actor else ""
+
+
 def _others(pending: Sequence[PermissionRequest], request: PermissionRequest) -> list[Any]:
     return [p for p in pending if p.request_id != request.request_id]
 
@@ -572,7 +587,7 @@ def answer(
         if request.answers != normalised:
             raise ConflictError(
                 "already_answered",
-                f"request {request.request_id} was already answered differently",
+                f"request {request.request_id} was already answered differently{_by(request)}",
             )
         return Step(run, applied=False, result=request)
     changes: dict[str, Any] = {}
@@ -645,7 +660,7 @@ def approve(
     if request.status is not RequestStatus.PENDING and request.status is not wanted:
         raise NotFoundError(
             "gate_resolved_otherwise",
-            f"request {request.request_id} was already {request.status.value}",
+            f"request {request.request_id} was already {request.status.value}{_by(request)}",
         )
     if request.status is wanted:  # a repeat: it changes nothing, unless remember upgrades
         step = Step(run, applied=False, result=request)

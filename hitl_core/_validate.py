@@ -58,6 +58,14 @@ LIMITS: dict[str, int] = {
 }
 
 
+def plain(value: str, what: str, code: str) -> str:
+    """`value` if it can be stored as plain text in every store: a UTF-8 form and no NUL
+    character (PostgreSQL's text cannot hold one; JSON data may, escaped)."""
+    if "\x00" in value:
+        raise ValidationError(code, f"{what} holds a NUL character")
+    return encodable(value, code, what)
+
+
 def too_long(what: str, limit: int, code: str = "invalid_request") -> ValidationError:
     """The refusal of a value longer than its limit."""
     return ValidationError(code, f"{what} is longer than {limit:,} characters")
@@ -170,7 +178,7 @@ def user(value: object, code: str = "invalid_config") -> str | None:
         )
     if len(value) > MAX_NAME:
         raise too_long("user_id", MAX_NAME, code)
-    return encodable(value, code, "user_id")
+    return plain(value, "user_id", code)
 
 
 def config(
@@ -189,7 +197,7 @@ def text(value: object, what: str, code: str = "invalid_request", *, limit: int 
         raise too_long(what, limit, code)
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(code, f"{what} must be a non-empty string; got {shown(value)}")
-    return encodable(value, code, what)
+    return plain(value, what, code)
 
 
 def optional_text(
@@ -202,7 +210,7 @@ def optional_text(
         raise ValidationError(code, f"{what} must be a string or None; got {shown(value)}")
     if len(value) > limit:
         raise too_long(what, limit, code)
-    return encodable(value, code, what)
+    return plain(value, what, code)
 
 
 def flag(value: object, what: str) -> bool:

@@ -88,6 +88,7 @@ class Waiters:
         self._store = store
         self._clock = clock
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._by_run: dict[str, set[Waiter]] = {}
         self._started = False
         self._has_feed = False
@@ -107,9 +108,11 @@ class Waiters:
     def add(self, run_id: str, loop: asyncio.AbstractEventLoop | None = None) -> Waiter:
         """Register a waiter on `run_id` (before its first look)."""
         waiter = Waiter(run_id, loop)
+        if not self._started:
+            with self._start_lock:  # not the waiters' lock: a store may connect here
+                if not self._started:
+                    self._start()
         with self._lock:
-            if not self._started:
-                self._start()
             self._by_run.setdefault(run_id, set()).add(waiter)
         return waiter
 
@@ -124,7 +127,6 @@ class Waiters:
 
     def _start(self) -> None:
         """Subscribe to the store's feed and the clock, once, on the first wait."""
-        self._started = True
         stop = self._store.subscribe(self._changed)
         if stop is not None:
             self._has_feed = True
@@ -132,6 +134,7 @@ class Waiters:
         subscribe: Any = getattr(self._clock, "subscribe", None)
         if callable(subscribe):
             self._stops.append(subscribe(self._wake_all))
+        self._started = True
 
     def _changed(self, run_ids: Collection[str] | None) -> None:
         """The store's feed: these runs had events committed (None: maybe any run)."""

@@ -368,9 +368,22 @@ class AsyncTasks(_Part):
         """See `Tasks.get`."""
         return await self._call(self._engine.sync.tasks.get, task_id)
 
-    async def run(self, task_id: str, **overrides: Any) -> Run:
+    async def run(
+        self,
+        task_id: str,
+        *,
+        checkpoint: Any = None,
+        idempotency_key: str | None = None,
+        **overrides: Any,
+    ) -> Run:
         """See `Tasks.run`."""
-        return await self._call(self._engine.sync.tasks.run, task_id, **overrides)
+        return await self._call(
+            self._engine.sync.tasks.run,
+            task_id,
+            checkpoint=checkpoint,
+            idempotency_key=idempotency_key,
+            **overrides,
+        )
 
 
 class AsyncEvents(_Part):

@@ -3,13 +3,17 @@ port of 127.0.0.1), started and stopped around the tests that use it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,11 +35,13 @@ def needs_serve_stack() -> None:
 
 class LiveServer:
     """`hitl serve --port 0` on a store (a file path or a store URL); `url` is the API's
-    base URL."""
+    base URL. `env` adds environment variables (such as a short lease for tests)."""
 
-    def __init__(self, db: Path | str, *args: str, key: str = API_KEY) -> None:
+    def __init__(
+        self, db: Path | str, *args: str, key: str = API_KEY, env: dict[str, str] | None = None
+    ) -> None:
         self.db = db
-        env = {**os.environ, "HITL_API_KEY": key}
+        env = {**os.environ, "HITL_API_KEY": key, **(env or {})}
         command = [str(HITL), "serve", "--port", "0", "--db", str(db)]
         self.process = subprocess.Popen(
             [*command, "--webhook-interval", "0.1", *args],
@@ -77,6 +83,48 @@ class LiveServer:
         return self.process.returncode, err
 
 
+def call(
+    url: str,
+    method: str,
+    path: str,
+    body: bytes | str | object | None = None,
+    *,
+    key: str | None = API_KEY,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    """One raw HTTP request to a live server; returns the status, the headers (names in
+    lower case) and the decoded JSON answer."""
+    data: bytes | None
+    if body is None or isinstance(body, bytes):
+        data = body
+    elif isinstance(body, str):
+        data = body.encode()
+    else:
+        data = json.dumps(body).encode()
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    if key is not None:
+        sent["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url + path, data=data, method=method, headers=sent)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            found = {k.lower(): v for k, v in answer.headers.items()}
+            return answer.status, found, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        found = {k.lower(): v for k, v in error.headers.items()}
+        return error.code, found, json.loads(error.read())
+
+
+def refused(answer: tuple[int, dict[str, str], Any], status: int, code: str) -> dict[str, Any]:
+    """Check that `answer` is the error envelope with this status and code; return it."""
+    got, _, body = answer
+    assert got == status, body
+    error = body["error"]
+    assert error["code"] == status and error["details"]["error_code"] == code, error
+    assert error["error_code"] == code and error["message"] and error["type"]
+    assert error["request_id"].startswith("req_")
+    return dict(error)
+
+
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One server per test module, on a fresh SQLite file."""
@@ -88,3 +136,34 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         code, err = server.stop()
         assert code == 0, err
         assert "Traceback" not in err, err
+
+
+# The PostgreSQL server and a fresh schema per test (tests/postgres_server.py).
+from postgres_server import pg_server, pg_url, unavailable  # noqa: E402, F401
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgres: needs a PostgreSQL server")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a PostgreSQL server, leave its tests out, saying why once (under CI they
+    stay, and fail)."""
+    marked = [item for item in items if item.get_closest_marker("postgres")]
+    if not marked or os.environ.get("CI"):
+        return
+    why = unavailable()
+    if why is None:
+        return
+    config.hook.pytest_deselected(items=marked)
+    items[:] = [item for item in items if not item.get_closest_marker("postgres")]
+    config.stash[_POSTGRES_LEFT_OUT] = f"{len(marked)} PostgreSQL tests left out: {why}"
+
+
+_POSTGRES_LEFT_OUT = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    line = config.stash.get(_POSTGRES_LEFT_OUT, None)
+    if line is not None:
+        terminalreporter.write_line(f"SKIPPED {line}")

@@ -123,9 +123,7 @@ def test_a_decision_made_in_another_process_ends_an_awaited_wait(tmp_path: Path)
             agent = await hitl.agent(run.id)
             gate = await agent.request_tool("deploy")
             assert gate.request_id is not None
-            person = subprocess.Popen(
-                [sys.executable, "-c", PERSON, url, run.id, gate.request_id]
-            )
+            person = subprocess.Popen([sys.executable, "-c", PERSON, url, run.id, gate.request_id])
             try:
                 return await asyncio.wait_for(agent.wait(gate.request_id), 60)
             finally:

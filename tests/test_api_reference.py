@@ -26,6 +26,7 @@ import hitl_cli
 import hitl_langgraph
 import hitl_memory
 import hitl_openai_agents
+import hitl_postgres
 import hitl_sqlite
 import hitl_webhooks
 
@@ -53,6 +54,7 @@ MODULES: dict[str, ModuleType] = {
     "hitl_cli": hitl_cli,
     "hitl_memory": hitl_memory,
     "hitl_sqlite": hitl_sqlite,
+    "hitl_postgres": hitl_postgres,
     "hitl_langgraph": hitl_langgraph,
     "hitl_openai_agents": hitl_openai_agents,
     "hitl_claude": hitl_claude,

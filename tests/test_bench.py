@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -69,3 +71,46 @@ def test_hitl_only_run_needs_no_peer(tmp_path: Path) -> None:
         "hitl-core sqlite NORMAL",
     }
     assert "latency" not in data and "waiting" not in data
+
+
+@pytest.mark.postgres
+def test_quick_postgres_benchmark_runs_and_reports(tmp_path: Path, pg_server: str) -> None:
+    out_file = tmp_path / "bench-postgres.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "postgres.py"),
+            "--quick",
+            "--url",
+            pg_server,
+            "--json",
+            str(out_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert "Pause-resume cycle on PostgreSQL" in result.stdout and "Ratios" in result.stdout
+    data = json.loads(out_file.read_text())
+    rates = data["cycles_per_second"]
+    for name in (
+        "hitl-core postgresql",
+        "hitl-core postgresql, 8 threads",
+        "floor: psycopg, statement by statement",
+        "floor: psycopg, one statement per tx",
+    ):
+        assert rates[name] > 0
+    has_peer = importlib.util.find_spec("langgraph.checkpoint.postgres") is not None
+    assert (rates["LangGraph PostgresSaver"] is not None) == has_peer
+    assert data["wake_up"]["from_call_ms"] > 0  # woken after the decision was asked for
+    assert data["bytes_per_paused_run"]["hitl-core postgresql"]["written"] > 0
+    bench = str(ROOT / "bench" / "postgres.py")
+    profiled = subprocess.run(
+        [sys.executable, bench, "--profile", "--quick", "--url", pg_server],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert "write (hitl_write)" in profiled.stdout and "read: overdue runs" in profiled.stdout

@@ -108,7 +108,7 @@ def test_a_pending_call_waits_without_blocking_the_loop_and_is_allowed(
         hitl.runs.approve(run.id, request_id=request.request_id, actor="alice")
 
     cli, result = play(
-        can_use_tool(hitl, run.id, poll=0.01),
+        can_use_tool(hitl, run.id),
         [[("Bash", {"command": "make clean"})], "done"],
         person,
     )
@@ -130,7 +130,7 @@ def test_a_denial_hands_the_person_s_reason_to_claude(hitl: hitl_core.Hitl) -> N
         )
 
     cli, result = play(
-        can_use_tool(hitl, run.id, poll=0.01), [[("Bash", {"command": "rm -rf /"})], "ok"], person
+        can_use_tool(hitl, run.id), [[("Bash", {"command": "rm -rf /"})], "ok"], person
     )
     assert cli.answers["toolu_1"] == {"behavior": "deny", "message": "use make distclean"}
     assert result.result == "done"
@@ -152,7 +152,7 @@ def test_remembered_pre_approved_and_safe_tools_are_answered_at_once(hitl: hitl_
         hitl.runs.approve(run.id, request_id=request.request_id, decision="deny", remember=True)
 
     turns = [[("Bash", {"command": "a"})], [("Bash", {"command": "b"})], "done"]
-    cli, _ = play(can_use_tool(hitl, run.id, poll=0.01), turns, person)
+    cli, _ = play(can_use_tool(hitl, run.id), turns, person)
     assert cli.answers["toolu_1"] == {
         "behavior": "deny",
         "message": "A person denied this call to Bash; it was not run.",
@@ -172,7 +172,7 @@ def test_parallel_calls_wait_side_by_side_and_are_decided_apart(hitl: hitl_core.
         hitl.runs.approve(run.id, request_id=both["a"].request_id)
 
     turns = [[("Bash", {"command": "a"}), ("Bash", {"command": "b"})], "done"]
-    cli, _ = play(can_use_tool(hitl, run.id, poll=0.01), turns, person)
+    cli, _ = play(can_use_tool(hitl, run.id), turns, person)
     assert cli.answers["toolu_1"]["behavior"] == "allow"
     assert cli.answers["toolu_2"] == {"behavior": "deny", "message": "not b"}
 
@@ -205,7 +205,7 @@ def test_ask_user_question_is_a_hitl_core_question(hitl: hitl_core.Hitl) -> None
         )
 
     cli, _ = play(
-        can_use_tool(hitl, run.id, poll=0.01),
+        can_use_tool(hitl, run.id),
         [[("AskUserQuestion", {"questions": questions})], "ok"],
         person,
     )
@@ -237,7 +237,7 @@ def test_exit_plan_mode_is_a_plan_approval(hitl: hitl_core.Hitl) -> None:
         [("Edit", {"file_path": "v.txt"})],
         "done",
     ]
-    cli, _ = play(can_use_tool(hitl, run.id, poll=0.01), turns, person)
+    cli, _ = play(can_use_tool(hitl, run.id), turns, person)
     assert cli.answers["toolu_1"]["behavior"] == "deny"
     assert cli.answers["toolu_2"] == {
         "behavior": "deny",
@@ -267,7 +267,7 @@ def test_a_suspended_run_keeps_claude_waiting_until_the_decision() -> None:
             assert timed.runs.approve(run.id, request_id=request.request_id).resumed
 
         cli, result = play(
-            can_use_tool(timed, run.id, poll=0.01), [[("Bash", {"command": "x"})], "done"], person
+            can_use_tool(timed, run.id), [[("Bash", {"command": "x"})], "done"], person
         )
         assert cli.answers["toolu_1"]["behavior"] == "allow" and result.result == "done"
 
@@ -280,7 +280,7 @@ def test_a_run_cancelled_while_claude_waits_stops_the_query(hitl: hitl_core.Hitl
         hitl.runs.cancel(run.id)
 
     turns = [[("Bash", {"command": "x"})], [("Bash", {"command": "y"})], "done"]
-    cli, result = play(can_use_tool(hitl, run.id, poll=0.01), turns, person)
+    cli, result = play(can_use_tool(hitl, run.id), turns, person)
     assert cli.answers["toolu_1"]["behavior"] == "deny" and cli.answers["toolu_1"]["interrupt"]
     assert result.is_error and "toolu_2" not in cli.answers
 
@@ -302,7 +302,7 @@ def test_the_callback_speaks_the_sdk_s_types(hitl: hitl_core.Hitl) -> None:
 
 def test_the_same_tool_use_asked_twice_is_one_request(hitl: hitl_core.Hitl) -> None:
     run = approval_run(hitl)
-    callback = can_use_tool(hitl, run.id, poll=0.01)
+    callback = can_use_tool(hitl, run.id)
     context = ToolPermissionContext(tool_use_id="toolu_7")
 
     async def scenario() -> list[Any]:
@@ -335,7 +335,7 @@ def test_hitl_approve_in_another_process_answers_the_waiting_callback(
             assert done.returncode == 0, done.stderr
 
         cli, result = play(
-            can_use_tool(hitl, run.id, poll=0.02),
+            can_use_tool(hitl, run.id),
             [[("Bash", {"command": "deploy"})], "done"],
             person,
         )

@@ -475,3 +475,17 @@ def test_prune_deletes_runs_that_ended_before_a_date(tmp_path: Path) -> None:
     refused = hitl("prune", "--before", "yesterday-ish", db=db, check=1)
     assert "invalid_request" in refused.stderr and "--before" in refused.stderr
     assert hitl("prune", "--before", "30d", db=db).stdout.startswith("deleted 0 run(s)")
+
+
+def test_a_second_approval_says_who_decided_first(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        run = engine.runs.create(human_in_the_loop=True, permission_mode="approval")
+        gate = engine.agent(run.id).request_tool("deploy")
+        assert gate.request_id is not None
+        engine.runs.approve(run.id, request_id=gate.request_id, actor="alice", reason="ok")
+    out = hitl("approve", run.id, gate.request_id, "--actor", "bob", db=db).stdout
+    assert "already allowed by alice at" in out and "(ok)" in out
+    assert "your decision was not recorded" in out
+    denied = hitl("approve", run.id, gate.request_id, "--deny", db=db, check=1)
+    assert "gate_resolved_otherwise" in denied.stderr and "by 'alice'" in denied.stderr

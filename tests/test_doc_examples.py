@@ -26,6 +26,11 @@ fence (invisible on GitHub). The conventions:
   address) is replaced by the server's. Needs the `serve` extra and the hosted SDK; without
   them the page is reported as skipped, with the reason.
 
+- `<!-- doc-test: postgres -->`: the block talks to PostgreSQL. The documented URL
+  `postgresql://hitl:secret@db.internal:5432/agents?schema=hitl_example` in it becomes
+  the test server (tests/postgres_server.py) with a fresh schema, dropped after the page.
+  Without a server the page is reported as skipped, with the reason (under `CI`, failed).
+
 Any other `doc-test:` comment is an error.
 """
 
@@ -47,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
+POSTGRES_URL = "postgresql://hitl:secret@db.internal:5432/agents?schema=hitl_example"
 PYTHON_ALIASES = {"py", "python3", "py3", "pycon", "ipython", "pyi"}
 
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>[^`\n]*)$")
@@ -117,6 +123,7 @@ class Page:
         self.stack = stack
         self.namespace: dict[str, Any] = {"__name__": "doc_example"}
         self.server: Any = None
+        self.postgres: str | None = None
         self.unrun: dict[str, int] = {}  # written python files no later block has named
 
     def where(self, block: Block) -> str:
@@ -132,6 +139,8 @@ class Page:
         if verb == "entry-point":
             group, _, spec = argument.strip().partition(" ")
             self.stack.enter_context(entry_point(group, spec.strip(), import_from=EXAMPLES))
+        elif verb == "postgres":
+            code = code.replace(POSTGRES_URL, self.postgres_url())
         elif verb == "live-server":
             code = code.replace(DEFAULT_ADDRESS, self.live_server().url.split("/api/")[0])
             self.namespace["KEY"] = self.server.key
@@ -158,6 +167,15 @@ class Page:
             compile(block.code, self.where(block), "exec")
             self.unrun[name] = block.line
         Path(name).write_text(block.code)
+
+    def postgres_url(self) -> str:
+        if self.postgres is None:
+            from postgres_server import drop_schema, new_schema_name, server_url, with_options
+
+            base, schema = server_url(), new_schema_name()
+            self.stack.callback(drop_schema, base, schema)
+            self.postgres = with_options(base, schema=schema)
+        return self.postgres
 
     def live_server(self) -> Any:
         if self.server is None:
@@ -186,7 +204,15 @@ def page_directory(tmp_path: Path) -> Iterator[None]:
                 del sys.modules[name]  # the next page imports the example afresh
 
 
-@pytest.mark.parametrize("path", pages_with_python(), ids=lambda p: str(p.relative_to(ROOT)))
+def _page(path: Path) -> Any:
+    """A page to run, marked `postgres` when it talks to PostgreSQL."""
+    needs = "doc-test: postgres" in path.read_text()
+    return pytest.param(path, marks=[pytest.mark.postgres] if needs else [])
+
+
+@pytest.mark.parametrize(
+    "path", [_page(p) for p in pages_with_python()], ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_page_examples_run(path: Path, tmp_path: Path) -> None:
     with page_directory(tmp_path), contextlib.ExitStack() as stack:
         page = Page(path, stack)

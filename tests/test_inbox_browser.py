@@ -188,8 +188,11 @@ def test_the_list_shows_every_kind_the_oldest_and_suspended_first_and_filters(
     _, planned = plan(db, "1. Read the CRM\n2. Email the team", user="u-list", revise="Shorter")
     _, other = tool_call(db, "crm.update", user="u-list-other")
 
+    from playwright.sync_api import expect  # retries until the page has settled
+
     page.goto(inbox(server, "u-list"))
-    assert page.locator("#summary").inner_text().startswith("4 of ")
+    expect(page.locator("#summary")).to_have_text(re.compile(r"^4 of "))
+    expect(page.locator("article.card")).to_have_count(4)
     ids = page.locator("article.card").evaluate_all("cards => cards.map(c => c.dataset.request)")
     assert ids == [old_request.request_id, tool, asked, planned]  # oldest first
 

@@ -1,7 +1,8 @@
 """Lock-step: hypothesis drives the same random program through two engines with equal
 ManualClocks and id sources, and every step must give equal results (records, refusals
 with their codes, events): a memory engine against a SQLite engine on a real file, and
-the synchronous engine against the asyncio one (`hitl_core.aio`)."""
+the synchronous engine against the asyncio one (`hitl_core.aio`); memory against
+PostgreSQL is in test_postgres_lockstep.py."""
 
 from __future__ import annotations
 

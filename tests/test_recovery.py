@@ -76,8 +76,7 @@ def test_a_host_killed_at_any_point_leaves_its_runs_to_another(tmp_path: Path, p
     url = f"sqlite:///{tmp_path / 'h.db'}"
     hitl = hitl_core.connect(url)
     run_ids = [
-        hitl.runs.create(human_in_the_loop=True, permission_mode="approval").id
-        for _ in range(RUNS)
+        hitl.runs.create(human_in_the_loop=True, permission_mode="approval").id for _ in range(RUNS)
     ]
     with Person(url):
         first = _host(url, "first", "--kill-at", point, "--until-done")
@@ -118,8 +117,7 @@ def test_two_live_hosts_share_the_runs_without_doing_one_twice(tmp_path: Path) -
     url = f"sqlite:///{tmp_path / 'h.db'}"
     hitl = hitl_core.connect(url)
     run_ids = [
-        hitl.runs.create(human_in_the_loop=True, permission_mode="approval").id
-        for _ in range(6)
+        hitl.runs.create(human_in_the_loop=True, permission_mode="approval").id for _ in range(6)
     ]
     with Person(url):
         hosts = [_host(url, name, "--until-done") for name in ("a", "b")]

@@ -615,7 +615,7 @@ def test_a_scenario_drives_every_run(tmp_path: Path) -> None:
         assert server.stop()[0] == 0
 
 
-def test_a_restart_keeps_wire_ids_and_resumes_waiting_agents(tmp_path: Path) -> None:
+def test_a_restart_keeps_wire_ids_and_the_agents_carry_on(tmp_path: Path) -> None:
     db = tmp_path / "restart.db"
     first = LiveServer(db)
     try:
@@ -624,16 +624,26 @@ def test_a_restart_keeps_wire_ids_and_resumes_waiting_agents(tmp_path: Path) -> 
         run, gate = start_waiting(
             client, "tool:crm.update", human_in_the_loop=True, permission_mode="approval"
         )
+        busy = client.runs.create(
+            message="sleep:1 tool:crm.update",
+            stream=False,
+            human_in_the_loop=True,
+            permission_mode="approval",
+        )
     finally:
-        assert first.stop()[0] == 0
+        assert first.stop()[0] == 0  # its leases are released as it stops
     second = LiveServer(db)
     try:
         client = second.client()
-        assert "1 unfinished agent(s) resumed" in second.banner
+        assert "1 unfinished agent(s) resumed" in second.banner  # the busy one
         assert client.runs.get(run.id).status == "awaiting_approval"
         assert [p.id for p in client.permissions.list(user_id="cust_r").data] == [policy.id]
         client.runs.approve(run.id, request_id=gate.request_id)
-        done = client.runs.poll(run.id, interval=0.05, timeout=20)
-        assert done.status == "completed" and "crm.update: allowed (human)" in done.output
+        (asked,) = wait_for(lambda: pending(client, busy.id))
+        client.runs.approve(busy.id, request_id=asked.request_id)
+        for finished in (client.runs.poll(r.id, interval=0.05, timeout=20) for r in (run, busy)):
+            assert finished.status == "completed"
+            assert "crm.update: allowed (human)" in finished.output
+        assert [r.tool_name for r in client.runs.permissions(busy.id)] == ["crm.update"]
     finally:
         assert second.stop()[0] == 0

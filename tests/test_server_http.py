@@ -10,14 +10,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import API_KEY, HITL, LiveServer, needs_serve_stack
+from conftest import API_KEY, HITL, LiveServer, call, needs_serve_stack, refused
 from hitl_sqlite import SqliteStore
 
 import hitl_core
@@ -28,47 +26,12 @@ def url(live_server: LiveServer) -> str:
     return live_server.url
 
 
-def call(
-    url: str,
-    method: str,
-    path: str,
-    body: bytes | str | object | None = None,
-    *,
-    key: str | None = API_KEY,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], Any]:
-    """One request; returns the status, the headers and the decoded JSON answer."""
-    data: bytes | None
-    if body is None or isinstance(body, bytes):
-        data = body
-    elif isinstance(body, str):
-        data = body.encode()
-    else:
-        data = json.dumps(body).encode()
-    sent = {"Content-Type": "application/json", **(headers or {})}
-    if key is not None:
-        sent["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(url + path, data=data, method=method, headers=sent)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, dict(answer.headers.items()), json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers.items()), json.loads(error.read())
-
-
-def refused(answer: tuple[int, dict[str, str], Any], status: int, code: str) -> dict[str, Any]:
-    got, _, body = answer
-    assert got == status, body
-    error = body["error"]
-    assert error["code"] == status and error["details"]["error_code"] == code, error
-    assert error["error_code"] == code and error["message"] and error["type"]
-    assert error["request_id"].startswith("req_")
-    return dict(error)
-
-
 def state(url: str) -> Any:
-    """Everything a refused request might have changed."""
+    """Everything a refused request might have changed. Not a run's `updated_at`: the
+    server renews the lease of every run whose agent it plays, which touches it."""
     runs = call(url, "GET", "/runs/?include_end_user_runs=true&limit=100")[2]
+    for run in runs["data"]:
+        del run["updated_at"]
     policies = call(url, "GET", "/permissions/?limit=100")[2]
     hooks = call(url, "GET", "/webhooks/?limit=100")[2]
     details = [
@@ -79,10 +42,10 @@ def state(url: str) -> Any:
     return runs, policies, hooks, details
 
 
-def waiting_run(url: str) -> tuple[int, str]:
+def waiting_run(url: str, message: str = "tool:db.migrate") -> tuple[int, str]:
     """A run in approval mode that waits on a tool request; its id and the request's."""
     body = {
-        "message": "tool:db.migrate",
+        "message": message,
         "stream": False,
         "human_in_the_loop": True,
         "permission_mode": "approval",
@@ -214,6 +177,46 @@ def test_malformed_bodies_are_422_and_change_nothing(url: str) -> None:
     for method, path, body, code in bad:
         refused(call(url, method, path, body), 422, code)
     assert state(url) == before
+
+
+def test_huge_names_and_messages_are_refused_and_the_server_stays_up(url: str) -> None:
+    """A ~300 KB tool name once took the server down (a quadratic lookup in the store)."""
+    base = {"stream": False, "human_in_the_loop": True, "permission_mode": "approval"}
+    for body, field in (
+        ({**base, "message": "go", "tools": ["n" * 300_000]}, "tools"),
+        ({**base, "message": "tool:" + "n" * 300_000}, "message"),
+    ):
+        error = refused(call(url, "POST", "/runs/", body), 422, "invalid_request")
+        assert field in error["message"]
+    long_name = {**base, "message": "tool:" + "n" * 5_000}  # the agent's own call is refused
+    status, _, run = call(url, "POST", "/runs/", long_name)
+    assert status == 200, run
+    for _ in range(300):
+        now = call(url, "GET", f"/runs/{run['id']}")[2]
+        if now["status"] == "failed":
+            break
+        time.sleep(0.02)
+    assert now["status"] == "failed" and "tool_name" in str(now)
+    assert call(url, "GET", "/runs/")[0] == 200  # still serving
+
+
+def test_a_second_decision_is_told_who_decided_first(url: str) -> None:
+    # two tools: after the first decision the agent waits on the second, so the run is
+    # still active when the second person decides the first
+    run_id, request_id = waiting_run(url, "tool:db.migrate tool:db.backup")
+    path = f"/runs/{run_id}/approve"
+    first = {"request_id": request_id, "actor": "alice", "reason": "looks fine"}
+    status, _, won = call(url, "POST", path, first)
+    assert status == 200 and won["applied"] is True and won["actor"] == "alice"
+    status, _, lost = call(url, "POST", path, {"request_id": request_id, "actor": "bob"})
+    assert status == 200 and lost["applied"] is False
+    assert (lost["actor"], lost["reason"], lost["status"]) == ("alice", "looks fine", "allowed")
+    error = refused(
+        call(url, "POST", path, {"request_id": request_id, "decision": "deny", "actor": "bob"}),
+        404,
+        "gate_resolved_otherwise",
+    )
+    assert "allowed by 'alice'" in error["message"]
 
 
 def test_a_suspended_run_resumes_on_a_late_decision(url: str) -> None:
@@ -364,10 +367,12 @@ def test_serve_db_takes_a_url_or_any_file_path(tmp_path: Path, form: str) -> Non
         assert server.banner.endswith(f"(store sqlite:///{path})")
         status, _, run = call(server.url, "POST", "/runs/", {"message": "hi", "stream": False})
         assert status == 200
+        assert not Path(f"{path}.serve").exists()  # runs need nothing beside the store
+        assert call(server.url, "POST", "/tasks/", {"instructions": "hi"})[0] == 200
     finally:
         code, err = server.stop()
     assert (code, err) == (0, "")
-    assert path.exists() and Path(f"{path}.serve").exists()
+    assert path.exists() and Path(f"{path}.serve").exists()  # a task's wire-only fields
     with hitl_core.connect(SqliteStore(str(path))) as engine:  # the run is in that very file
         (stored,) = engine.runs.list(limit=100).data
     assert int(stored.id.split("_")[1], 16) == run["id"]  # the wire id is the core id's hex

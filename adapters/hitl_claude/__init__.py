@@ -36,7 +36,6 @@ def can_use_tool(
     run_id: str,
     *,
     safe_tools: Collection[str] = (),
-    poll: float = 0.25,
 ) -> CanUseTool:
     """The `can_use_tool` callback for `ClaudeAgentOptions`, for hitl-core run `run_id`.
 
@@ -45,15 +44,15 @@ def can_use_tool(
     `agent.request_tool(name, input)`: allowed gives `PermissionResultAllow`, denied
     `PermissionResultDeny` with the person's reason as its message. A pending call is
     awaited in place with `Agent.wait` (in a worker thread, or the asyncio engine's), and
-    still after the run is suspended (looking again every `poll` seconds), since a Claude
-    session cannot be saved and resumed elsewhere. A run that ends while Claude waits
+    still after the run is suspended (then on `events.wait` for the run's next event),
+    since a Claude session cannot be saved and resumed elsewhere. A run that ends while Claude waits
     denies with `interrupt=True`."""
     safe = frozenset(safe_tools)
 
     async def callback(
         tool_name: str, tool_input: dict[str, Any], context: ToolPermissionContext
     ) -> PermissionResult:
-        agent = await agent_for(hitl, run_id, poll)
+        agent = await agent_for(hitl, run_id)
         key = _key(context.tool_use_id, tool_input)
         try:
             if tool_name == ASK_TOOL:

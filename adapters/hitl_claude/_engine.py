@@ -29,19 +29,19 @@ class AsyncAgent(Protocol):
     async def decision(self, request_id: str) -> PermissionRequest: ...
 
 
-async def agent_for(hitl: Hitl | Any, run_id: str, poll: float) -> AsyncAgent:
+async def agent_for(hitl: Hitl | Any, run_id: str) -> AsyncAgent:
     """The agent side of `run_id` on `hitl`, as coroutines."""
     if isinstance(hitl, Hitl):
-        return _Threaded(await asyncio.to_thread(hitl.agent, run_id), poll)
-    return _Awaited(await hitl.agent(run_id), poll)
+        return _Threaded(await asyncio.to_thread(hitl.agent, run_id), hitl)
+    return _Awaited(await hitl.agent(run_id), hitl)
 
 
 class _Threaded:
     """A synchronous engine's agent side, each call in a worker thread."""
 
-    def __init__(self, agent: Agent, poll: float) -> None:
+    def __init__(self, agent: Agent, hitl: Hitl) -> None:
         self._agent = agent
-        self._poll = poll
+        self._hitl = hitl
 
     async def request_tool(
         self, name: str, tool_input: dict[str, Any], *, safe: bool, key: str | None
@@ -57,20 +57,25 @@ class _Threaded:
         return await asyncio.to_thread(self._agent.propose_plan, plan_text, key=key)
 
     async def decision(self, request_id: str) -> PermissionRequest:
+        events = self._hitl.events
         while True:
+            seen = await asyncio.to_thread(events.last_id)
             # Agent.wait wakes on a decision made in any thread or process
             request = await asyncio.to_thread(self._agent.wait, request_id, timeout=WAIT_WINDOW)
             if not request.is_pending:
                 return request
-            await asyncio.sleep(self._poll)  # suspended: the wait returns at once from now on
+            # suspended, so wait returns at once: sleep until the run's next event instead
+            await asyncio.to_thread(
+                events.wait, after=seen, run_id=self._agent.run_id, timeout=WAIT_WINDOW
+            )
 
 
 class _Awaited:
     """An asyncio engine's agent side (`hitl_core.aio`): its wait never blocks the loop."""
 
-    def __init__(self, agent: Any, poll: float) -> None:
+    def __init__(self, agent: Any, hitl: Any) -> None:
         self._agent = agent
-        self._poll = poll
+        self._hitl = hitl
 
     async def request_tool(
         self, name: str, tool_input: dict[str, Any], *, safe: bool, key: str | None
@@ -87,8 +92,11 @@ class _Awaited:
         return request
 
     async def decision(self, request_id: str) -> PermissionRequest:
+        events = self._hitl.events
         while True:
+            seen = await events.last_id()
             request: PermissionRequest = await self._agent.wait(request_id, timeout=WAIT_WINDOW)
             if not request.is_pending:
                 return request
-            await asyncio.sleep(self._poll)  # suspended: the wait returns at once from now on
+            # suspended, so wait returns at once: sleep until the run's next event instead
+            await events.wait(after=seen, run_id=self._agent.run_id, timeout=WAIT_WINDOW)

@@ -225,6 +225,15 @@ def cmd_approve(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
         emit_json(result)
         return 0
     r = result.request
+    if not result.applied:  # someone decided first: say who, when and why
+        who = f" by {r.actor}" if r.actor else ""
+        why = f" ({r.reason})" if r.reason else ""
+        print(
+            f"{r.request_id} {r.tool_name}: already {r.status.value}{who} at "
+            f"{_when(r.resolved_at)} UTC{why}; your decision was not recorded"
+            + ("; remembered" if result.remembered and args.remember else "")
+        )
+        return 0
     extra = [
         word
         for word, on in (
@@ -349,14 +358,14 @@ def cmd_events(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, _stop) for sig in handled}
     try:
         after = args.after
-        while True:
-            events = hitl.events.list(after=after, run_id=args.run, limit=1000)
+        while True:  # events.wait returns as soon as something is recorded (no polling)
+            events = hitl.events.wait(
+                after=after, run_id=args.run, limit=1000, timeout=args.interval
+            )
             for event in events:
                 _print_event(event, args.json)
             if events:
                 after = events[-1].id
-            else:
-                time.sleep(args.interval)
     except _Stopped:
         return 0
     finally:
@@ -444,6 +453,11 @@ SERVE_HINT = (
 )
 
 
+LEASE_ENV = "HITL_SERVE_LEASE_SECONDS"
+"""How long a `hitl serve` lease on a run lasts (default 30 s): shorter in tests, so that
+a killed server's agents are taken over quickly."""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import hitl_server
@@ -463,6 +477,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ScenarioError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    lease = os.environ.get(LEASE_ENV) or str(hitl_server.LEASE_SECONDS)
+    try:
+        lease_seconds = float(lease)
+    except ValueError:
+        lease_seconds = 0.0
+    if not 0 < lease_seconds < float("inf"):
+        print(f"error: ${LEASE_ENV} must be a number of seconds above 0", file=sys.stderr)
+        return 2
     store, shown = open_store(args.db)
     try:
         hitl_server.serve(
@@ -473,6 +495,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             api_key=key,
             scenario=scenario,
             webhook_interval=args.webhook_interval,
+            lease_seconds=lease_seconds,
         )
     except OSError as error:
         if not isinstance(store, str):
@@ -609,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--follow", "-f", action="store_true")
     events.add_argument("--run")
     events.add_argument("--after", help="start after this event id")
-    events.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    events.add_argument("--interval", type=float, default=60.0, help=argparse.SUPPRESS)
     json_flag(events)
 
     tick = command("tick", cmd_tick, "apply every passed deadline now")

@@ -4,13 +4,9 @@ updated live. Needs the `serve` extra (Starlette and uvicorn); see docs/inbox.md
 
 from __future__ import annotations
 
-import signal
-import socket
 import sys
-import threading
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any
 
 import hitl_core
 
@@ -35,18 +31,9 @@ def serve(
     """Serve the inbox on host:port until SIGINT or SIGTERM. `port=0` picks a free port;
     `announce` receives the page's URL once the socket is bound."""
     import uvicorn
+    from hitl_server import listen, run_until_signalled
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    sock.listen(128)
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    sock, address = listen(host, port)
     try:
         hitl, changes = open_engine(store_url)
     except BaseException:
@@ -63,8 +50,8 @@ def serve(
             timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)
-        (announce or _print)(f"hitl inbox: http://{shown}:{bound}/ (store {store_url})")
-        _run_until_signalled(server, sock, app.state.inbox.feed.close)
+        (announce or _print)(f"hitl inbox: http://{address}/ (store {store_url})")
+        run_until_signalled(server, sock, app.state.inbox.feed.close)
 
 
 def open_engine(store_url: str | hitl_core.Store) -> tuple[hitl_core.Hitl, Changes | None]:
@@ -80,29 +67,6 @@ def open_engine(store_url: str | hitl_core.Store) -> tuple[hitl_core.Hitl, Chang
             if isinstance(store, hitl_core.Store):
                 return hitl_core.connect(store), store.subscribe
     return hitl_core.connect(store_url), None
-
-
-def _run_until_signalled(server: Any, sock: socket.socket, closing: Callable[[], None]) -> None:
-    """Run uvicorn on a thread; on SIGINT or SIGTERM end the live streams (they never end
-    by themselves) and stop it gracefully, so the engine is closed afterwards."""
-
-    def stop(signum: int, frame: object) -> None:
-        server.should_exit = True
-        threading.Thread(target=closing, name="hitl-inbox-close", daemon=True).start()
-
-    handled = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, stop) for sig in handled}
-    try:
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="hitl-inbox-http", daemon=True
-        )
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.2)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        sock.close()
 
 
 def _print(line: str) -> None:

@@ -5,37 +5,52 @@ Needs the `serve` extra (Starlette and uvicorn); see docs/serve.md."""
 from __future__ import annotations
 
 import contextlib
-import signal
-import socket
+import logging
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from hitl_webhooks import Dispatcher
 
 import hitl_core
+from hitl_core import HitlError
 
-from ._agent import Worker, default_program, scenario_program
+from ._agent import LEASE_SECONDS, Worker, worker_name
 from ._api import Api
 from ._app import BODY_LIMIT, PREFIX, create_app
+from ._http import listen, run_until_signalled
+from ._program import (
+    Program,
+    Progress,
+    checkpoint,
+    default_program,
+    initial_checkpoint,
+    scenario_program,
+)
 from ._state import ServeState, state_path
-from ._wire import wire_safe_ids
+from ._wire import WireIds
 
 __all__ = [
     "BODY_LIMIT",
+    "LEASE_SECONDS",
     "PREFIX",
     "Server",
     "create_app",
     "default_program",
+    "initial_checkpoint",
+    "listen",
     "open_server",
+    "run_until_signalled",
     "scenario_program",
     "serve",
 ]
 
+log = logging.getLogger("hitl_server")
+
 
 class Server:
-    """An engine, its serve state, the agent worker and the ASGI app, opened together."""
+    """An engine, its serve state, the agent worker and the ASGI app, opened together.
+    `taken_over` is how many agents it claimed at start (runs that needed a server)."""
 
     def __init__(
         self,
@@ -43,32 +58,63 @@ class Server:
         *,
         api_key: str,
         scenario: Any = None,
-        agent_interval: float = 0.05,
+        lease_seconds: float = LEASE_SECONDS,
         webhook_interval: float = 0.5,
         body_limit: int = BODY_LIMIT,
     ) -> None:
         self.store_url = store_url
-        self.hitl = hitl_core.connect(store_url, ids=wire_safe_ids)
+        ids = WireIds()
+        self.hitl = hitl_core.connect(store_url, ids=ids)
         try:
             self.state = ServeState(state_path(store_url))
+            self.worker = Worker(self.hitl, name=worker_name(), lease_seconds=lease_seconds)
+            _move_old_agents(self.hitl, self.state, self.worker)
+            self.taken_over = self.worker.take_over()
         except BaseException:
             self.hitl.close()
             raise
-        self.worker = Worker(self.hitl, self.state, interval=agent_interval)
-        self.recovered = self.worker.recover()
-        self.api = Api(self.hitl, self.state, self.worker, scenario)
+        self.api = Api(self.hitl, self.state, ids, scenario)
         self.app = create_app(
             self.api,
             api_key=api_key,
             body_limit=body_limit,
+            worker=self.worker,
             dispatcher=Dispatcher(self.hitl, timeout=5.0),
             webhook_interval=webhook_interval,
         )
 
     def close(self) -> None:
-        """Close the serve state and the engine."""
+        """Stop the agents (their leases released), then close the serve state and the
+        engine."""
+        self.worker.stop()
         self.state.close()
         self.hitl.close()
+        self.worker.join(timeout=5)
+
+
+def _move_old_agents(hitl: hitl_core.Hitl, state: ServeState, worker: Worker) -> None:
+    """Move the unfinished agents of an older server's side file into their runs'
+    checkpoints (under a lease, so two servers starting at once move each once), then
+    drop what that file kept that now lives in the store."""
+    for old in state.old_agents():
+        try:
+            run = hitl.runs.get(old.run_id)
+            if run.is_terminal or run.checkpoint is not None:
+                continue
+            lease = hitl.runs.claim(old.run_id, worker=worker.name, seconds=worker.lease_seconds)
+        except HitlError:  # gone, ended, or held by a server that has it already
+            continue
+        try:
+            agent = hitl.agent(old.run_id, lease=lease)
+            if agent.run().checkpoint is None:
+                program = Program(steps=old.steps, teammate_id=old.teammate_id)
+                agent.save_checkpoint(checkpoint(program, Progress.from_json(old.progress)))
+        except (HitlError, TypeError) as error:
+            log.warning("run %s: the older server's agent was not moved: %s", old.run_id, error)
+        finally:
+            with contextlib.suppress(HitlError):
+                hitl.runs.release(lease)
+    state.forget_old()
 
 
 @contextlib.contextmanager
@@ -90,7 +136,7 @@ def serve(
     api_key: str,
     scenario: Any = None,
     webhook_interval: float = 0.5,
-    agent_interval: float = 0.05,
+    lease_seconds: float = LEASE_SECONDS,
     announce: Callable[[str], None] | None = None,
 ) -> None:
     """Serve the API on the store at `store_url` (a URL, or an open Store that `shown`
@@ -98,56 +144,23 @@ def serve(
     picks a free port; `announce` receives the base URL once the socket is bound."""
     import uvicorn
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    sock.listen(128)
-    bound = sock.getsockname()[1]
-    address = f"[{host}]" if family == socket.AF_INET6 else host
+    sock, address = listen(host, port)
     with open_server(
         store_url,
         api_key=api_key,
         scenario=scenario,
         webhook_interval=webhook_interval,
-        agent_interval=agent_interval,
+        lease_seconds=lease_seconds,
     ) as server:
         config = uvicorn.Config(
             server.app, log_level="warning", access_log=False, lifespan="on", server_header=False
         )
         (announce or _print)(
-            f"hitl serve: http://{address}:{bound}{PREFIX} (store {shown or store_url}"
-            + (f"; {server.recovered} unfinished agent(s) resumed" if server.recovered else "")
+            f"hitl serve: http://{address}{PREFIX} (store {shown or store_url}"
+            + (f"; {server.taken_over} unfinished agent(s) resumed" if server.taken_over else "")
             + ")"
         )
-        _run_until_signalled(uvicorn.Server(config), sock)
-
-
-def _run_until_signalled(server: Any, sock: socket.socket) -> None:
-    """Run uvicorn on a thread and stop it gracefully on SIGINT or SIGTERM, so the engine
-    and the serve state are closed afterwards (uvicorn itself would re-raise the signal
-    and end the process before they are)."""
-
-    def stop(signum: int, frame: object) -> None:
-        server.should_exit = True
-
-    handled = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, stop) for sig in handled}
-    try:
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="hitl-http", daemon=True
-        )
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.2)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        sock.close()
+        run_until_signalled(uvicorn.Server(config), sock)
 
 
 def _print(line: str) -> None:

@@ -1,12 +1,18 @@
-"""The simulated agent of `hitl serve`: builds each run's program (a scenario's agent
-steps, or a default script chosen by the run's message) and plays every program on one
-background thread through hitl-core's agent side, polling `agent.result` for decisions."""
+"""The simulated agents of `hitl serve`: one thread per server plays the agents of the
+runs it holds a lease on. It claims runs that need a worker (`runs.claimable`), renews
+its leases while it plays them, and lets a run go when it is suspended. It is woken by
+the store's change feed (`events.wait`), so a decision made anywhere reaches the agent
+at once. Agents keep their progress in the run checkpoint, key their requests by step,
+and act only under their lease, so no agent is played twice, whatever the number of
+servers on the store, and a step replayed after a crash opens nothing twice."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
+import os
+import secrets
+import socket
 import threading
 import time
 from typing import Any
@@ -14,319 +20,322 @@ from typing import Any
 import attrs
 
 import hitl_core
-from hitl_core import ConflictError, HitlError, NotFoundError, PermissionRequest, ValidationError
+from hitl_core import (
+    ConflictError,
+    HitlError,
+    Lease,
+    NotFoundError,
+    PermissionRequest,
+    ValidationError,
+)
 
-from ._state import ServeState
+from ._program import (
+    MAX_REVISIONS,
+    Program,
+    Progress,
+    Step,
+    checkpoint,
+    is_serve_checkpoint,
+    read_checkpoint,
+)
 
-__all__ = ["Progress", "Worker", "default_program", "scenario_program"]
+__all__ = ["LEASE_SECONDS", "Worker", "worker_name"]
 
 log = logging.getLogger("hitl_server.agent")
 
-Step = dict[str, Any]
-
-POLL_MAX = 1.0
-"""The longest pause between two looks at a request an agent has waited on for long."""
-MAX_REVISIONS = 10
-"""A plan revised this many times without approval makes the agent give up (fail)."""
-
-QUESTION = {
-    "question": "Which format should the result take?",
-    "header": "Format",
-    "options": [
-        {"label": "Summary", "description": "A few lines"},
-        {"label": "Full report", "description": "Every detail"},
-    ],
-    "multiSelect": False,
-}
-
-_ASKS = re.compile(r"\?|\b(questions?|ask|clarify|which)\b", re.IGNORECASE)
-_FAILS = re.compile(r"\bfail(ure)?\b", re.IGNORECASE)
-_PARALLEL = re.compile(r"\bparallel\b", re.IGNORECASE)
-_SLEEP = re.compile(r"\bsleep:([0-9]+(?:\.[0-9]+)?)")
-MAX_SLEEP = 3600.0
-_TOOL = re.compile(r"\btool:([A-Za-z0-9_][A-Za-z0-9_.\-]*)")
-_KEYWORDS: tuple[tuple[re.Pattern[str], str, dict[str, Any]], ...] = (
-    (
-        re.compile(r"\b(e-?mail|mail|gmail)\b", re.IGNORECASE),
-        "gmail.send",
-        {"to": "team@example.com", "subject": "Update"},
-    ),
-    (re.compile(r"\bslack\b", re.IGNORECASE), "slack.post", {"channel": "#general"}),
-    (
-        re.compile(r"\b(linear|ticket|issue)\b", re.IGNORECASE),
-        "linear.create_issue",
-        {"title": "Follow-up"},
-    ),
-    (re.compile(r"\b(crm|leads?|hubspot)\b", re.IGNORECASE), "crm.update", {"segment": "leads"}),
-    (
-        re.compile(r"\b(calendar|meeting)\b", re.IGNORECASE),
-        "calendar.create_event",
-        {"title": "Sync"},
-    ),
-)
-DEFAULT_TOOL = ("gmail.send", {"to": "team@example.com", "subject": "Update"})
+LEASE_SECONDS = 30.0
+"""How long a server's claim on a run lasts unless renewed (it renews every third of it)."""
+SCAN_LIMIT = 1000
+"""The most claimable runs looked at in one scan."""
+EVENT_BATCH = 1000
+BUSY_PAUSE = 0.5
+"""How long an agent waits before trying again when the store was busy."""
+MOVES_PER_PASS = 100
+"""The most moves one agent makes in one pass before the others get their turn."""
+TICK_INTERVAL = 5.0
+"""How often the server applies every passed deadline (`hitl.tick()`), so runs whose
+agent nobody plays right now are suspended on time (their events and webhooks too)."""
 
 
-def _action_tools(message: str, tools: list[str] | None) -> list[tuple[str, dict[str, Any]]]:
-    named = _TOOL.findall(message)
-    if named:
-        return [(name, {}) for name in dict.fromkeys(named)]
-    if tools:
-        return [(name, {}) for name in dict.fromkeys(tools)]
-    found = [(name, dict(args)) for pattern, name, args in _KEYWORDS if pattern.search(message)]
-    return found or [(DEFAULT_TOOL[0], dict(DEFAULT_TOOL[1]))]
-
-
-def default_program(
-    message: str, *, permission_mode: str, tools: list[str] | None = None
-) -> list[Step]:
-    """The script for a run without a scenario, chosen by its message (see docs/serve.md):
-    a question when the message asks one, a plan first in plan mode, a safe read, then the
-    action tools; it completes, or fails when the message says "fail"."""
-    actions = _action_tools(message, tools)
-    steps: list[Step] = []
-    pause = _SLEEP.search(message)
-    if pause:
-        steps.append({"action": "sleep", "seconds": min(float(pause.group(1)), MAX_SLEEP)})
-    if _ASKS.search(message):
-        steps.append({"action": "ask", "questions": [dict(QUESTION)]})
-    if permission_mode == "plan":
-        lines = [f"1. Read what is needed for: {message.strip()[:80]}"]
-        lines += [f"{n}. Call {name}" for n, (name, _) in enumerate(actions, start=2)]
-        lines.append(f"{len(lines) + 1}. Report the result")
-        steps.append({"action": "propose_plan", "plan": "\n".join(lines)})
-    steps.append(
-        {
-            "action": "request_tool",
-            "tool": "web.search",
-            "input": {"q": message[:100]},
-            "safe": True,
-        }
-    )
-    calls = [{"tool": name, "input": args} for name, args in actions]
-    if _PARALLEL.search(message) and len(calls) > 1:
-        steps.append({"action": "request_tools", "calls": calls})
-    else:
-        steps += [{"action": "request_tool", **call} for call in calls]
-    if _FAILS.search(message):
-        steps.append({"action": "fail", "error": "the simulated agent was asked to fail"})
-    else:
-        steps.append({"action": "complete"})
-    return steps
-
-
-_SCENARIO_KEYS = {
-    "ask": ("questions",),
-    "request_tool": ("tool", "input", "safe"),
-    "propose_plan": ("plan",),
-    "complete": ("output",),
-    "fail": ("error",),
-}
-
-
-def scenario_program(scenario: Any) -> list[Step]:
-    """A scenario's agent steps, in order (`wait` is implied after every request; human
-    and tick steps belong to the API's callers)."""
-    steps: list[Step] = []
-    for step in scenario.steps:
-        if step.actor != "agent" or step.action not in _SCENARIO_KEYS:
-            continue
-        options = {k: step.options[k] for k in _SCENARIO_KEYS[step.action] if k in step.options}
-        steps.append({"action": step.action, **options})
-    return steps
-
-
-@attrs.define
-class Progress:
-    """Where one agent is: the next step, the requests it waits on, what it has learnt
-    (its notes become the run's output), and a plan revision to propose."""
-
-    step: int = 0
-    waiting: list[str] = attrs.Factory(list)
-    notes: list[str] = attrs.Factory(list)
-    revisions: int = 0
-    plan: str | None = None
-    replan: str | None = None
-    retry_after_plan: bool = False
-    wake_at: float | None = None
-    done: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON form for the serve state."""
-        return attrs.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Progress:
-        """Read `to_json`'s form back (unknown keys ignored)."""
-        names = {f.name for f in attrs.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@attrs.define
-class _Program:
-    run_id: str
-    steps: list[Step]
-    progress: Progress
-    waiting_since: float | None = None
-    next_poll: float = 0.0
+def worker_name() -> str:
+    """This process's worker name for leases: host name, process id and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class _Finished(Exception):
     """The run ended (by the agent or by someone else): stop playing it."""
 
 
-class Worker:
-    """Plays every simulated agent on one thread. `start` adds a run; `run_forever`
-    advances each agent as far as it can go without a decision, every `interval` s."""
+@attrs.define
+class _Held:
+    """An agent this server plays: its run's lease and agent side, its program and
+    progress, and when it next needs a look."""
 
-    def __init__(self, hitl: hitl_core.Hitl, state: ServeState, interval: float = 0.05) -> None:
-        self.hitl = hitl
-        self.state = state
-        self.interval = interval
-        self._programs: dict[str, _Program] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-
-    def start(
-        self, run_id: str, steps: list[Step], *, message: str, teammate_id: int | None
-    ) -> None:
-        """Give a new run its agent; it starts on the worker's next pass."""
-        progress = Progress()
-        self.state.add_agent(
-            run_id,
-            message=message,
-            teammate_id=teammate_id,
-            program=steps,
-            progress=progress.to_json(),
-        )
-        with self._lock:
-            self._programs[run_id] = _Program(run_id, steps, progress)
-        self._wake.set()
-
-    def recover(self) -> int:
-        """Pick up the agents a previous server left unfinished; return how many."""
-        rows = self.state.active_agents()
-        with self._lock:
-            for run_id, steps, progress in rows:
-                self._programs[run_id] = _Program(run_id, steps, Progress.from_json(progress))
-        return len(rows)
+    agent: hitl_core.Agent
+    lease: Lease
+    program: Program
+    progress: Progress
+    saved: dict[str, Any]
+    dirty: bool = True
+    deadline: float | None = None
+    retry_at: float | None = None
 
     @property
-    def active(self) -> int:
-        """How many agents are still playing."""
+    def run_id(self) -> str:
+        return self.agent.run_id
+
+
+class Worker:
+    """Plays the agents of the runs this server holds, on one thread (`start`, `stop`)."""
+
+    def __init__(
+        self, hitl: hitl_core.Hitl, *, name: str, lease_seconds: float = LEASE_SECONDS
+    ) -> None:
+        self.hitl = hitl
+        self.name = name
+        self.lease_seconds = lease_seconds
+        self._held: dict[str, _Held] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cursor: str | None = None
+        self._rescan = True
+        self._scan_at = 0.0
+        self._tick_at = 0.0
+
+    @property
+    def held(self) -> int:
+        """How many agents this server plays now."""
         with self._lock:
-            return len(self._programs)
+            return len(self._held)
 
-    def run_forever(self, stop: threading.Event) -> None:
-        """Advance every agent until `stop` is set."""
-        while not stop.is_set():
-            self.run_once()
-            self._wake.wait(self.interval)
-            self._wake.clear()
-
-    def run_once(self) -> None:
-        """One pass over every agent."""
+    def take_over(self) -> int:
+        """Claim every run whose agent needs a server now; return how many were claimed."""
         with self._lock:
-            programs = list(self._programs.values())
-        now = time.monotonic()
-        for program in programs:
-            if now < program.next_poll:
-                continue
-            before = program.progress.to_json()
-            try:
-                self._advance(program)
-            except _Finished:
-                program.progress.done = True
-            except HitlError as error:  # the store is busy or closed: try again next pass
-                log.warning("agent of run %s: %s", program.run_id, error)
-            except Exception:  # never let one agent stop the others
-                log.exception("agent of run %s crashed; failing the run", program.run_id)
-                self._give_up(program, "the simulated agent crashed")
-            if program.progress.to_json() != before:
-                self.state.save_progress(
-                    program.run_id, program.progress.to_json(), done=program.progress.done
-                )
-            if program.progress.done:
-                with self._lock:
-                    self._programs.pop(program.run_id, None)
-            elif program.progress.waiting:
-                # Poll a long wait less often: every 50 ms at first, every second at most.
-                since = program.waiting_since = program.waiting_since or now
-                program.next_poll = now + min(POLL_MAX, max(self.interval, (now - since) / 10))
-            else:
-                program.waiting_since, program.next_poll = None, 0.0
+            self._cursor = self.hitl.events.last_id()
+            return self._scan(time.time())
 
-    # -- playing one agent -------------------------------------------------------------------
-    def _give_up(self, program: _Program, why: str) -> None:
-        program.progress.done = True
-        with contextlib.suppress(HitlError):
-            hitl_core.Agent(self.hitl, program.run_id).fail(why)
+    def start(self) -> None:
+        """Play the agents on a background thread until `stop`."""
+        self._thread = threading.Thread(target=self._loop, name="hitl-agents", daemon=True)
+        self._thread.start()
 
-    def _advance(self, program: _Program) -> None:
-        agent = hitl_core.Agent(self.hitl, program.run_id)
-        p = program.progress
-        if p.wake_at is not None:
-            if time.time() < p.wake_at:
-                if agent.run().is_terminal:  # cancelled while it was busy
-                    raise _Finished
+    def stop(self) -> None:
+        """Stop playing and release every lease, so another server may take the runs over
+        at once. The thread ends when its wait does (closing the engine ends it)."""
+        with self._lock:
+            if self._stopping.is_set():
                 return
-            p.wake_at = None
-        if p.waiting:
-            still: list[str] = []
-            for request_id in p.waiting:
+            self._stopping.set()
+            held, self._held = list(self._held.values()), {}
+        for one in held:
+            with contextlib.suppress(HitlError):
+                self.hitl.runs.release(one.lease)
+
+    def join(self, timeout: float) -> None:
+        """Wait for the thread to end."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the loop ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._stopping.is_set():
+                    return
                 try:
-                    found = agent.result(request_id)
-                except NotFoundError as error:
-                    if error.code == "run_not_found":
-                        raise _Finished from None
-                    continue  # a request that vanished cannot be waited for
-                if found.is_pending:
-                    still.append(request_id)
-                else:
-                    self._learn(p, found)
-            p.waiting = still
-            if still:
-                return
-        for _ in range(100):  # never hog the thread
-            if p.waiting or p.done or p.wake_at is not None:
-                return
+                    self._pass(time.time())
+                except HitlError as error:  # the store is busy: try again shortly
+                    log.warning("agents: %s", error)
+                    self._scan_at = time.time() + BUSY_PAUSE
+                pause = self._pause(time.time())
             try:
-                self._next(program, agent)
-            except ConflictError as error:
-                if error.code == "run_not_active":
-                    raise _Finished from None
-                if error.code == "pending_requests":  # requests it lost track of (a crash)
-                    p.waiting = [r.request_id for r in agent_pending(self.hitl, program.run_id)]
-                    continue
-                raise
-            except NotFoundError as error:
-                if error.code == "run_not_found":
-                    raise _Finished from None
-                raise
+                events = self.hitl.events.wait(after=self._cursor, limit=EVENT_BATCH, timeout=pause)
+            except ValidationError as error:  # the event we followed was pruned
+                log.info("agents: %s; following the log from its end", error)
+                with contextlib.suppress(HitlError):
+                    self._cursor = self.hitl.events.last_id()
+                self._rescan = True
+                continue
+            except HitlError as error:
+                if self._stopping.is_set() or error.code == "closed":
+                    return
+                log.warning("agents: %s", error)
+                self._stopping.wait(BUSY_PAUSE)
+                continue
+            if events:
+                self._cursor = events[-1].id
+                with self._lock:
+                    for event in events:
+                        found = self._held.get(event.run_id)
+                        if found is not None:
+                            found.dirty = True
+                        else:  # maybe a run that needs a server now
+                            self._rescan = True
 
-    def _learn(self, p: Progress, found: PermissionRequest) -> None:
-        """Read a decision the agent waited for."""
-        status = found.status.value
-        if found.source == "run_ended":
-            raise _Finished
-        if found.kind == "plan":
-            if found.decision == "approve":
-                p.notes.append(f"plan approved (revision {found.tool_input.get('revision')})")
-                p.replan = None
+    def _pass(self, now: float) -> None:
+        """Apply passed deadlines, claim what needs claiming, renew leases that are due,
+        and play every agent that has something to do."""
+        if now >= self._tick_at:
+            self._tick_at = now + TICK_INTERVAL
+            self.hitl.tick()
+        if self._rescan or now >= self._scan_at:
+            self._scan(now)
+        for held in list(self._held.values()):
+            if held.lease.expires_at - now <= self.lease_seconds * 2 / 3:
+                self._renew(held)
+            if held.run_id in self._held and self._ready(held, now):
+                self._play(held)
+
+    def _pause(self, now: float) -> float:
+        """How long the loop may wait for events before it has something to do."""
+        times = [self._scan_at, self._tick_at]
+        for held in self._held.values():
+            if held.dirty:
+                return 0.0
+            times.append(held.lease.expires_at - self.lease_seconds * 2 / 3)
+            times += [t for t in (held.progress.wake_at, held.deadline, held.retry_at) if t]
+        return max(0.0, min(times) - now)
+
+    @staticmethod
+    def _ready(held: _Held, now: float) -> bool:
+        due = [t for t in (held.progress.wake_at, held.deadline, held.retry_at) if t]
+        return held.dirty or any(now >= t for t in due)
+
+    # -- leases --------------------------------------------------------------------------
+    def _scan(self, now: float) -> int:
+        """Claim the runs of `hitl serve` agents that no live lease holds."""
+        self._rescan = False
+        self._scan_at = now + self.lease_seconds / 3
+        taken = 0
+        for run in self.hitl.runs.claimable(limit=SCAN_LIMIT):
+            if run.id in self._held or not is_serve_checkpoint(run.checkpoint):
+                continue
+            try:
+                lease = self.hitl.runs.claim(run.id, worker=self.name, seconds=self.lease_seconds)
+            except (ConflictError, NotFoundError):  # another server was first, or it ended
+                continue
+            agent = self.hitl.agent(run.id, lease=lease)
+            current = agent.run()  # read after the claim: the last holder's last checkpoint
+            try:
+                program, progress = read_checkpoint(current.checkpoint)
+            except ValueError as error:
+                log.error("run %s: %s; failing it", run.id, error)
+                with contextlib.suppress(HitlError):
+                    agent.fail(f"the simulated agent cannot be resumed: {error}")
+                continue
+            saved = progress.to_json()
+            self._held[run.id] = _Held(agent, lease, program, progress, saved)
+            taken += 1
+        return taken
+
+    def _renew(self, held: _Held) -> None:
+        try:
+            held.lease = self.hitl.runs.renew(held.lease, seconds=self.lease_seconds)
+        except ConflictError as error:  # lease_lost, run_not_active: not ours any more
+            log.info("run %s: %s", held.run_id, error.code)
+            self._held.pop(held.run_id, None)
+        except NotFoundError:
+            self._held.pop(held.run_id, None)
+        except HitlError as error:  # busy: the lease has two thirds of its time left
+            log.warning("run %s: renewing: %s", held.run_id, error)
+
+    def _let_go(self, held: _Held) -> None:
+        self._held.pop(held.run_id, None)
+        with contextlib.suppress(HitlError):
+            self.hitl.runs.release(held.lease)
+
+    # -- playing one agent ---------------------------------------------------------------
+    def _play(self, held: _Held) -> None:
+        """Advance one agent as far as it goes without a decision, save its progress, and
+        let its run go when it is suspended. An agent that lost its lease stops at once."""
+        held.dirty, held.retry_at = False, None
+        try:
+            if self._advance(held):
+                self._held.pop(held.run_id, None)
+                return
+            progress = held.progress.to_json()
+            if progress != held.saved:
+                held.agent.save_checkpoint(checkpoint(held.program, held.progress))
+                held.saved = progress
+            held.deadline = None
+            if held.progress.waiting:
+                run = held.agent.run()
+                if run.is_terminal:
+                    self._held.pop(held.run_id, None)
+                elif run.suspended:  # the worker is freed; a decision makes it claimable
+                    self._let_go(held)
+                else:
+                    held.deadline = run.deadline
+        except ConflictError as error:
+            if error.code in ("lease_lost", "run_leased", "run_not_active"):
+                log.info("run %s: %s; its agent stops here", held.run_id, error.code)
+                self._held.pop(held.run_id, None)
             else:
-                p.revisions += 1
-                p.replan = found.reason or "revise"
-            return
-        if found.kind == "question":
-            answers = found.answers or {}
-            p.notes.append("; ".join(f"{q} -> {a}" for q, a in answers.items()))
-            return
-        why = f": {found.reason}" if found.reason else ""
-        p.notes.append(f"{found.tool_name}: {status} ({found.source}{why})")
+                self._crashed(held, error)
+        except NotFoundError as error:
+            if error.code == "run_not_found":
+                self._held.pop(held.run_id, None)
+            else:
+                self._crashed(held, error)
+        except HitlError as error:  # the store is busy: try again shortly
+            log.warning("run %s: %s", held.run_id, error)
+            held.retry_at = time.time() + BUSY_PAUSE
+        except Exception as error:  # never let one agent stop the others
+            self._crashed(held, error)
 
-    def _next(self, program: _Program, agent: hitl_core.Agent) -> None:
-        """Do the agent's next move; it may open requests to wait for."""
-        p = program.progress
+    def _crashed(self, held: _Held, error: BaseException) -> None:
+        log.error("agent of run %s crashed; failing the run", held.run_id, exc_info=error)
+        self._held.pop(held.run_id, None)
+        with contextlib.suppress(HitlError):
+            held.agent.fail("the simulated agent crashed")
+
+    def _advance(self, held: _Held) -> bool:
+        """Play moves until the agent waits (False) or its run has ended (True)."""
+        agent, p = held.agent, held.progress
+        try:
+            if p.wake_at is not None:
+                if time.time() < p.wake_at:
+                    return agent.run().is_terminal  # woken early: cancelled while asleep?
+                p.wake_at = None
+            if p.waiting:
+                still: list[str] = []
+                for request_id in p.waiting:
+                    try:
+                        found = agent.result(request_id)
+                    except NotFoundError as error:
+                        if error.code == "run_not_found":
+                            raise _Finished from None
+                        continue  # a request that vanished cannot be waited for
+                    if found.is_pending:
+                        still.append(request_id)
+                    else:
+                        _learn(p, found)
+                p.waiting = still
+                if still:
+                    return False
+            for _ in range(MOVES_PER_PASS):
+                if p.waiting or p.wake_at is not None:
+                    return False
+                try:
+                    self._next(held)
+                except ConflictError as error:
+                    if error.code == "run_not_active":
+                        raise _Finished from None
+                    if error.code != "pending_requests":
+                        raise
+                    # requests it lost track of (opened by an older server): wait for them
+                    p.waiting = [r.request_id for r in _pending(self.hitl, held.run_id)]
+            held.dirty = True  # more to do: after the other agents' turn
+            return False
+        except _Finished:
+            return True
+
+    def _next(self, held: _Held) -> None:
+        """Do the agent's next move; it may open requests to wait for. Every request is
+        opened with a key that its progress names, so replaying a move whose progress
+        was not saved (a crash, a lost lease) finds the request it opened."""
+        agent, p, steps = held.agent, held.progress, held.program.steps
         if p.replan is not None:
             if p.revisions >= MAX_REVISIONS:
                 agent.fail(f"the plan was revised {p.revisions} times without approval")
@@ -334,20 +343,20 @@ class Worker:
             base = p.plan or "Plan"
             text = f"{base}\n(revision {p.revisions + 1}, after feedback: {p.replan})"
             try:
-                p.waiting = [agent.propose_plan(text).request_id]
+                p.waiting = [_propose(agent, p, text)]
             except ConflictError as error:
                 if error.code != "not_plan_mode":
                     raise
                 p.notes.append("plan dropped: the run left plan mode")
             p.replan = None
             return
-        if p.step >= len(program.steps):
+        if p.step >= len(steps):
             agent.complete(_summary(p))
             raise _Finished
-        step = program.steps[p.step]
+        step = steps[p.step]
         action = step.get("action")
         try:
-            advance = self._do(program, agent, step)
+            advance = self._do(held, step)
         except ConflictError as error:
             if error.code not in ("hitl_disabled", "not_plan_mode"):
                 raise
@@ -359,29 +368,30 @@ class Worker:
         if advance:
             p.step += 1
 
-    def _do(self, program: _Program, agent: hitl_core.Agent, step: Step) -> bool:
+    def _do(self, held: _Held, step: Step) -> bool:
         """One step; returns False when the same step must run again (after a plan)."""
-        p = program.progress
+        agent, p = held.agent, held.progress
         action = step.get("action")
         if action == "sleep":
             p.wake_at = time.time() + float(step.get("seconds", 0))
         elif action == "ask":
-            p.waiting = [agent.ask(_opt(step, "questions")).request_id]
+            questions: Any = step.get("questions")  # as written: hitl-core validates them
+            p.waiting = [agent.ask(questions, key=f"{p.step}.ask").request_id]
         elif action == "request_tool":
-            return self._tool(program, agent, step)
+            return self._tool(held, step)
         elif action == "request_tools":
-            for call in step.get("calls", []):
-                gate = agent.request_tool(call["tool"], call.get("input"))
-                if gate.request_id is not None:
+            for n, call in enumerate(step.get("calls", [])):
+                gate = agent.request_tool(call["tool"], call.get("input"), key=f"{p.step}.tool.{n}")
+                if gate.request_id is not None and gate.status == "pending":
                     p.waiting.append(gate.request_id)
                 else:
-                    p.notes.append(f"{call['tool']}: {gate.status} ({gate.source})")
+                    p.notes.append(_gate_note(call["tool"], gate))
         elif action == "propose_plan":
             if agent.run().plan_approved:
                 p.notes.append("plan already approved")
             else:
                 p.plan = str(step.get("plan"))
-                p.waiting = [agent.propose_plan(_opt(step, "plan")).request_id]
+                p.waiting = [_propose(agent, p, step.get("plan"))]
         elif action == "complete":
             output = step.get("output")
             agent.complete(_summary(p) if output is None else output)
@@ -391,34 +401,64 @@ class Worker:
             raise _Finished
         return True
 
-    def _tool(self, program: _Program, agent: hitl_core.Agent, step: Step) -> bool:
-        p = program.progress
-        name = _opt(step, "tool")
-        gate = agent.request_tool(name, _opt(step, "input"), safe=step.get("safe", False))
+    def _tool(self, held: _Held, step: Step) -> bool:
+        agent, p = held.agent, held.progress
+        name: Any = step.get("tool")  # as written: hitl-core validates it
+        gate = agent.request_tool(
+            name, step.get("input"), safe=step.get("safe", False), key=f"{p.step}.tool"
+        )
         if gate.status == "pending" and gate.request_id is not None:
             p.retry_after_plan = False
             p.waiting = [gate.request_id]
             return True
         if gate.source == "plan_not_approved" and not p.retry_after_plan:
-            later = program.steps[p.step + 1 :]
+            later = held.program.steps[p.step + 1 :]
             if not any(s.get("action") == "propose_plan" for s in later):
                 # No plan is coming: propose one now, then call the tool again.
                 p.retry_after_plan = True
                 p.plan = f"1. Call {name}\n2. Report the result"
-                p.waiting = [agent.propose_plan(p.plan).request_id]
+                p.waiting = [_propose(agent, p, p.plan)]
                 return False
         p.retry_after_plan = False
-        p.notes.append(f"{name}: {gate.status} ({gate.source})")
+        p.notes.append(_gate_note(str(name), gate))
         return True
 
 
-def _opt(step: Step, key: str) -> Any:
-    """A step option as written (hitl-core validates it)."""
-    return step.get(key)
+def _propose(agent: hitl_core.Agent, p: Progress, text: Any) -> str:
+    """Propose a plan under the next plan key; return its request id."""
+    request = agent.propose_plan(text, key=f"plan.{p.proposals}")
+    p.proposals += 1
+    return request.request_id
 
 
-def agent_pending(hitl: hitl_core.Hitl, run_id: str) -> list[PermissionRequest]:
-    """The run's pending requests."""
+def _gate_note(name: str, gate: hitl_core.ToolGate) -> str:
+    """What the agent notes about a tool call decided at once, or about a request found
+    already decided when a move is replayed (noted as `_learn` notes a decision)."""
+    why = f": {gate.reason}" if gate.reason and gate.request_id is not None else ""
+    return f"{name}: {gate.status} ({gate.source}{why})"
+
+
+def _learn(p: Progress, found: PermissionRequest) -> None:
+    """Read a decision the agent waited for."""
+    if found.source == "run_ended":
+        raise _Finished
+    if found.kind == "plan":
+        if found.decision == "approve":
+            p.notes.append(f"plan approved (revision {found.tool_input.get('revision')})")
+            p.replan = None
+        else:
+            p.revisions += 1
+            p.replan = found.reason or "revise"
+        return
+    if found.kind == "question":
+        answers = found.answers or {}
+        p.notes.append("; ".join(f"{q} -> {a}" for q, a in answers.items()))
+        return
+    why = f": {found.reason}" if found.reason else ""
+    p.notes.append(f"{found.tool_name}: {found.status.value} ({found.source}{why})")
+
+
+def _pending(hitl: hitl_core.Hitl, run_id: str) -> list[PermissionRequest]:
     return [r for r in hitl.runs.permissions(run_id) if r.is_pending]
 
 

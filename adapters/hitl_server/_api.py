@@ -5,7 +5,6 @@ returns the hosted API's JSON. Refusals are hitl-core's errors or `ApiError`."""
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,7 +14,7 @@ import hitl_core
 from hitl_core import NotFoundError, Run, ValidationError
 
 from . import _wire as wire
-from ._agent import Worker, default_program, scenario_program
+from ._program import initial_checkpoint, scenario_program, teammate_of
 from ._state import ServeState
 
 __all__ = ["Api", "ApiError", "Call", "Reply"]
@@ -105,12 +104,25 @@ def _optional(body: dict[str, Any], name: str, kinds: type | tuple[type, ...]) -
     return value
 
 
+MAX_NAME = 256
+"""Characters of a tool name, as the core allows."""
+MAX_NAMES = 64
+"""Tool names a run or task may list."""
+MAX_MESSAGE = 20_000
+"""Characters of a run's message (the simulated agent's instructions)."""
+
+
 def _strings(body: dict[str, Any], name: str) -> list[str] | None:
     value = body.get(name)
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValidationError("invalid_request", f"{name} must be a list of names")
+    if len(value) > MAX_NAMES or any(len(v) > MAX_NAME for v in value):
+        raise ValidationError(
+            "invalid_request",
+            f"{name} holds at most {MAX_NAMES} names of at most {MAX_NAME} characters",
+        )
     return value
 
 
@@ -128,6 +140,10 @@ def _message(body: dict[str, Any], *names: str) -> str:
         raise ValidationError("invalid_request", f"{names[0]} is required")
     if not all(isinstance(v, str) and v.strip() for v in given):
         raise ValidationError("invalid_request", f"{names[0]} must be a non-empty string")
+    if any(len(v) > MAX_MESSAGE for v in given):
+        raise ValidationError(
+            "invalid_request", f"{names[0]} is longer than {MAX_MESSAGE:,} characters"
+        )
     if len(set(given)) > 1:
         raise ValidationError("invalid_request", f"{' / '.join(names)} differ")
     text: str = given[0]
@@ -143,21 +159,25 @@ def _owner(call: Call, body: dict[str, Any]) -> str | None:
     return given if given is not None else scope
 
 
+Create = Callable[[dict[str, Any], str | None], Run]
+"""Creates a run with an agent checkpoint and an Idempotency-Key (or None)."""
+
+
 class Api:
-    """The handlers, bound to one engine, its serve state and the agent worker."""
+    """The handlers, bound to one engine (whose id source is `ids`), its serve state and
+    the scenario every run's agent follows (None: the default script)."""
 
     def __init__(
         self,
         hitl: hitl_core.Hitl,
         state: ServeState,
-        worker: Worker,
+        ids: wire.WireIds,
         scenario: Any = None,
     ) -> None:
         self.hitl = hitl
         self.state = state
-        self.worker = worker
+        self.ids = ids
         self.scenario = scenario
-        self._creating = threading.Lock()
 
     # -- helpers -------------------------------------------------------------------------
     def _run(self, call: Call, name: str = "run_id") -> Run:
@@ -173,7 +193,7 @@ class Api:
         return run
 
     def _wire_run(self, run: Run) -> dict[str, Any]:
-        return wire.run(run, teammate_id=self.state.teammate(run.id))
+        return wire.run(run, teammate_id=teammate_of(run))
 
     def _run_config(self, call: Call, body: dict[str, Any]) -> dict[str, Any]:
         defaults = dict(self.scenario.run) if self.scenario is not None else {}
@@ -186,22 +206,27 @@ class Api:
             config["user_id"] = owner
         return config
 
-    def _program(self, message: str, run: Run, tools: list[str] | None) -> list[dict[str, Any]]:
-        if self.scenario is not None:
-            return scenario_program(self.scenario)
-        return default_program(message, permission_mode=run.permission_mode, tools=tools)
+    def _checkpoint(
+        self, message: str, permission_mode: object, tools: list[str] | None, teammate: int | None
+    ) -> dict[str, Any]:
+        """The new run's agent: its program (the scenario's, else the default script for
+        the message, tools and mode) and its teammate, as the run's first checkpoint."""
+        steps = scenario_program(self.scenario) if self.scenario is not None else None
+        return initial_checkpoint(
+            message=message,
+            permission_mode=permission_mode if isinstance(permission_mode, str) else "",
+            tools=tools,
+            teammate_id=teammate,
+            steps=steps,
+        )
 
     def _start(
-        self,
-        call: Call,
-        create: Callable[[], Run],
-        *,
-        message: str,
-        tools: list[str] | None,
-        teammate_id: int | None,
-        stream: object,
+        self, call: Call, create: Create, checkpoint: dict[str, Any], stream: object
     ) -> Reply:
-        """Create a run (or replay the one its Idempotency-Key made) and start its agent."""
+        """Create a run and its agent's program in one transaction, with the request's
+        Idempotency-Key: a retry with the same request gets the run the key made
+        (`Idempotent-Replay: true`); the key with another request is 422
+        idempotency_key_reused. Any server on the store then claims the run and plays it."""
         if stream is not None and not isinstance(stream, bool):
             raise ValidationError("invalid_request", "stream must be true or false")
         if stream:
@@ -210,23 +235,10 @@ class Api:
                 "hitl serve answers runs with JSON only: pass stream=False "
                 "(create_and_wait and run_and_wait already do)",
             )
-        with self._creating:
-            key = call.idempotency_key
-            if key:
-                bound = self.state.bound_run(key)
-                if bound is not None:
-                    replay = self.hitl.runs.get(bound)
-                    return Reply(self._wire_run(replay), headers={"Idempotent-Replay": "true"})
-            run = create()
-            self.worker.start(
-                run.id,
-                self._program(message, run, tools),
-                message=message,
-                teammate_id=teammate_id,
-            )
-            if key:
-                self.state.bind(key, run.id)
-        return Reply(wire.run(run, teammate_id=teammate_id))
+        self.ids.forget()
+        run = create(checkpoint, call.idempotency_key)
+        headers = {} if self.ids.made(run.id) else {"Idempotent-Replay": "true"}
+        return Reply(self._wire_run(run), headers=headers)
 
     # -- runs ----------------------------------------------------------------------------
     def create_run(self, call: Call) -> Reply:
@@ -236,13 +248,14 @@ class Api:
         teammate = _teammate(body)
         tools = _strings(body, "tools")
         config = self._run_config(call, body)
+        mode = config.get("permission_mode", "autonomous")
         return self._start(
             call,
-            lambda: self.hitl.runs.create(**config),
-            message=message,
-            tools=tools,
-            teammate_id=teammate,
-            stream=body.get("stream"),
+            lambda checkpoint, key: self.hitl.runs.create(
+                **config, checkpoint=checkpoint, idempotency_key=key
+            ),
+            self._checkpoint(message, mode, tools, teammate),
+            body.get("stream"),
         )
 
     def list_runs(self, call: Call) -> Reply:
@@ -279,10 +292,9 @@ class Api:
             position = page.data[-1].id
         more = len(runs) > limit
         runs = runs[:limit]
-        teams = self.state.teammates([r.id for r in runs])
         return Reply(
             {
-                "data": [wire.run(r, teammate_id=teams.get(r.id)) for r in runs],
+                "data": [self._wire_run(r) for r in runs],
                 "has_more": more,
                 "next_starting_after": wire.wire_id(runs[-1].id) if more else None,
             }
@@ -321,6 +333,8 @@ class Api:
                 "resumed": result.resumed,
                 "request_id": result.request.request_id,
                 "decision": result.request.decision,
+                "applied": result.applied,
+                "actor": result.request.actor,
             }
         )
 
@@ -345,6 +359,7 @@ class Api:
                 input_timeout=run.input_timeout,
                 resumed=result.resumed,
                 remembered=result.remembered,
+                applied=result.applied,
             )
         )
 
@@ -443,13 +458,20 @@ class Api:
         overrides = {k: body[k] for k in _RUN_KEYS if body.get(k) is not None}
         if owner is not None:
             overrides["user_id"] = owner
+        mode = overrides.get("permission_mode") or task.permission_mode or "autonomous"
+        checkpoint = self._checkpoint(
+            str(extras.get("instructions", task.name)),
+            mode,
+            extras.get("tools") or None,
+            extras.get("teammate_id"),
+        )
         return self._start(
             call,
-            lambda: self.hitl.tasks.run(task.id, **overrides),
-            message=str(extras.get("instructions", task.name)),
-            tools=extras.get("tools") or None,
-            teammate_id=extras.get("teammate_id"),
-            stream=body.get("stream"),
+            lambda checkpoint, key: self.hitl.tasks.run(
+                task.id, checkpoint=checkpoint, idempotency_key=key, **overrides
+            ),
+            checkpoint,
+            body.get("stream"),
         )
 
     # -- webhooks ------------------------------------------------------------------------

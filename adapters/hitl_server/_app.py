@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hitl_core import HitlError
 
+from ._agent import Worker
 from ._api import Api, ApiError, Call, Reply
 from ._wire import Unmappable
 
@@ -73,7 +74,7 @@ def _refusal(error: Exception) -> JSONResponse:
     if isinstance(error, ApiError):
         return envelope(error.status, error.code, error.message, error.headers)
     if isinstance(error, HitlError):
-        if error.code in _BUSY:
+        if error.code in _BUSY or error.status == 503:  # UnavailableError: retry soon
             return envelope(503, error.code, error.message, {"Retry-After": "1"})
         status = error.status if error.status in (404, 409, 422) else 500
         return envelope(status, error.code, error.message)
@@ -236,11 +237,13 @@ def create_app(
     *,
     api_key: str,
     body_limit: int = BODY_LIMIT,
+    worker: Worker | None = None,
     dispatcher: Dispatcher | None = None,
     webhook_interval: float = 0.5,
 ) -> Starlette:
     """The ASGI app serving `api` under /api/v2 behind the bearer `api_key`. Its lifespan
-    runs the agent worker and, when given, the webhook `dispatcher` on background threads."""
+    runs the agent `worker` and the webhook `dispatcher`, when given, on background
+    threads; at shutdown the worker releases its leases."""
     if not api_key:
         raise ValueError("an API key is required")
     inner = Router(_routes(api, body_limit), redirect_slashes=False)
@@ -248,11 +251,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stop = threading.Event()
-        threads = [
-            threading.Thread(
-                target=api.worker.run_forever, args=(stop,), name="hitl-agents", daemon=True
-            )
-        ]
+        threads = []
         if dispatcher is not None:
             threads.append(
                 threading.Thread(
@@ -264,10 +263,14 @@ def create_app(
             )
         for thread in threads:
             thread.start()
+        if worker is not None:
+            worker.start()
         try:
             yield
         finally:
             stop.set()
+            if worker is not None:
+                worker.stop()  # its thread ends when the engine closes
             for thread in threads:
                 thread.join(timeout=15)
 

@@ -8,6 +8,7 @@ import json
 import math
 import re
 import secrets
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "TASK",
     "WEBHOOK",
     "Unmappable",
+    "WireIds",
     "core_id",
     "delivery",
     "iso",
@@ -63,6 +65,29 @@ def wire_safe_ids(prefix: str) -> str:
     if prefix in _NUMBERED:
         return f"{prefix}_{secrets.randbelow(_JS_SAFE) + 1:024x}"
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class WireIds:
+    """`wire_safe_ids` as the server's engine's id source, remembering in each thread the
+    last run id it made: after `runs.create` returns, the run is new exactly when its id
+    is that one (a run an Idempotency-Key already made was not made in this call)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __call__(self, prefix: str) -> str:
+        made = wire_safe_ids(prefix)
+        if prefix == RUN:
+            self._local.run = made
+        return made
+
+    def forget(self) -> None:
+        """Forget this thread's last run id (call before creating a run)."""
+        self._local.run = None
+
+    def made(self, run_id: str) -> bool:
+        """Whether this thread's last run id, since `forget`, is `run_id`."""
+        return getattr(self._local, "run", None) == run_id
 
 
 def wire_id(core: str) -> int:
@@ -110,7 +135,7 @@ def _text(value: Any) -> str | None:
 
 def run(record: Run, *, teammate_id: int | None = None) -> dict[str, Any]:
     """A run as the SDK's `Run` reads it, plus hitl-core's `human_in_the_loop`,
-    `suspended` and `input_timeout`."""
+    `suspended` and `input_timeout`. `teammate_id` is the one it was created with."""
     return {
         "id": wire_id(record.id),
         "teammate_id": teammate_id,
@@ -136,9 +161,12 @@ def request(
     input_timeout: float,
     resumed: bool | None = None,
     remembered: bool | None = None,
+    applied: bool | None = None,
 ) -> dict[str, Any]:
     """A request as the SDK's `PermissionRequest` reads it. Answered questions and plans
-    carry their answers in `tool_input["answers"]`, as the hosted API does."""
+    carry their answers in `tool_input["answers"]`, as the hosted API does. `applied`
+    (decisions only) is False when the request already had that decision: `actor`,
+    `reason` and `resolved_at` then say who decided first."""
     tool_input = record.tool_input
     if record.answers is not None:
         tool_input["answers"] = record.answers
@@ -161,6 +189,7 @@ def request(
         "is_plan_approval": record.is_plan_approval,
         "resumed": resumed,
         "remembered": remembered,
+        "applied": applied,
         "auto_resolved": False,
         "can_remember": record.kind == "tool",
         "timeout_seconds": math.ceil(input_timeout),

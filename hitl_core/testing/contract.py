@@ -1348,6 +1348,26 @@ class HitlContract:
             lambda: hitl.runs.answer(run.id, answers={QUESTION["question"]: bad}),
         )
 
+    def test_plain_text_with_a_nul_is_refused_by_every_store(self, hitl: hitl_core.Hitl) -> None:
+        """PostgreSQL's text cannot hold NUL, so no store takes it in a name or a reason;
+        inside JSON data (arguments, metadata) it is an escape every store keeps."""
+        run = self.approval_run(hitl)
+        agent = hitl.agent(run.id)
+        gate = agent.request_tool("deploy")
+        for code, call in (
+            ("invalid_config", lambda: hitl.runs.create(user_id="cust\x00")),
+            ("invalid_request", lambda: agent.request_tool("nul\x00tool")),
+            ("invalid_request", lambda: hitl.permissions.create(tool="a\x00*")),
+            (
+                "invalid_request",
+                lambda: hitl.runs.approve(run.id, request_id=gate.request_id, reason="a\x00"),
+            ),
+        ):
+            error = refused(hitl, ValidationError, code, call)
+            assert "NUL" in error.message
+        kept = hitl.runs.create(metadata={"k": "nul\x00"})
+        assert hitl.runs.get(kept.id).metadata == {"k": "nul\x00"}
+
     def test_odd_json_is_refused_not_a_crash(self, hitl: hitl_core.Hitl) -> None:
         loop: dict[str, Any] = {}
         loop["self"] = loop
@@ -1452,12 +1472,20 @@ class HitlContract:
 
     # -- runs.create(idempotency_key=...) --------------------------------------------------
     def test_idempotent_creation(self, hitl: hitl_core.Hitl) -> None:
-        first = hitl.runs.create(user_id="alice", metadata={"a": 1}, idempotency_key="k1")
-        again = hitl.runs.create(user_id="alice", metadata={"a": 1}, idempotency_key="k1")
+        first = hitl.runs.create(
+            user_id="alice", metadata={"a": 1, "b": {"x": 1, "y": 2}}, idempotency_key="k1"
+        )
+        again = hitl.runs.create(  # the same metadata, built in another order
+            user_id="alice", metadata={"b": {"y": 2, "x": 1}, "a": 1}, idempotency_key="k1"
+        )
         assert again == first
         assert [r.id for r in hitl.runs.list().data] == [first.id]
         for changed in ({"user_id": "bob"}, {"metadata": {"a": 2}}, {"human_in_the_loop": True}):
-            options: dict[str, Any] = {"user_id": "alice", "metadata": {"a": 1}, **changed}
+            options: dict[str, Any] = {
+                "user_id": "alice",
+                "metadata": {"a": 1, "b": {"x": 1, "y": 2}},
+                **changed,
+            }
             refused(
                 hitl,
                 ValidationError,
@@ -1466,6 +1494,28 @@ class HitlContract:
                 users=(None, "alice", "bob"),
             )
         assert hitl.runs.create(idempotency_key="k2").id != first.id
+
+    def test_idempotent_task_runs(self, hitl: hitl_core.Hitl) -> None:
+        task = hitl.tasks.create(name="report", user_id="alice")
+        first = hitl.tasks.run(task.id, checkpoint={"step": 0}, idempotency_key="t1")
+        assert (first.task_id, first.user_id, first.checkpoint) == (task.id, "alice", {"step": 0})
+        again = hitl.tasks.run(task.id, checkpoint={"step": 0}, idempotency_key="t1")
+        assert again == first
+        other = hitl.tasks.create(name="other", user_id="alice")
+        for call in (
+            lambda: hitl.tasks.run(task.id, checkpoint={"step": 1}, idempotency_key="t1"),
+            lambda: hitl.tasks.run(other.id, checkpoint={"step": 0}, idempotency_key="t1"),
+            lambda: hitl.tasks.run(task.id, idempotency_key="t1", metadata={"a": 1}),
+            lambda: hitl.runs.create(user_id="alice", checkpoint={"step": 0}, idempotency_key="t1"),
+        ):
+            refused(hitl, ValidationError, "idempotency_key_reused", call, users=(None, "alice"))
+        assert [r.id for r in hitl.runs.list(user_id="alice").data] == [first.id]
+        refused(
+            hitl,
+            ValidationError,
+            "invalid_request",
+            lambda: hitl.tasks.run(task.id, checkpoint={1: 2}),
+        )
 
     # -- leases ----------------------------------------------------------------------------
     def test_a_lease_fences_the_agent_side(self, hitl: hitl_core.Hitl, clock: ManualClock) -> None:
