@@ -7,7 +7,11 @@ are the result.
     python bench/run.py                 # the full run (several minutes)
     python bench/run.py --quick         # a smoke run with tiny sizes (used by the tests)
     python bench/run.py --only hitl     # hitl-core's own numbers (see bench/before_after.py)
-    HITL_BENCH_POSTGRESQL=postgresql://... python bench/run.py   # also a PostgreSQL store
+    python bench/run.py --postgresql postgresql://...   # the PostgreSQL server to use
+
+A PostgreSQL store is measured too (its cycle, bytes per paused run, wake-up) when a
+server answers (--postgresql, $HITL_TEST_POSTGRES_URL or the local test server), in
+schemas of its own dropped at the end; bench/postgres.py has the PostgreSQL details.
 """
 
 from __future__ import annotations
@@ -524,46 +528,39 @@ def sqlite_bytes_per_paused_run(workdir: Path, count: int) -> float:
     return (after - before) / count
 
 
-def postgresql_url() -> str | None:
-    """The PostgreSQL store to measure too ($HITL_BENCH_POSTGRESQL or --postgresql)."""
-    return os.environ.get("HITL_BENCH_POSTGRESQL") or None
-
-
-def _postgresql_open(url: str | None) -> hitl_core.Hitl | None:
-    """An engine on the PostgreSQL store, or None (no URL, no store registered for the
-    scheme, or no server answering)."""
-    if not url:
-        return None
+def postgres_server() -> Any:
+    """The PostgreSQL server to measure too (`bench/postgres.py`'s `Server`: a schema per
+    measurement, dropped at the end): --postgresql, else $HITL_TEST_POSTGRES_URL, else the
+    local test server. None when psycopg is missing, no store is registered for
+    postgresql://, or no server answers."""
     try:
-        return hitl_core.connect(url)
-    except hitl_core.HitlError as error:
-        print(f"  skipped PostgreSQL ({error.code}: {error})", file=sys.stderr)
-        return None
-
-
-def postgresql_bytes_per_paused_run(url: str | None, count: int) -> float | None:
-    """Bytes of database per paused run on a PostgreSQL store (growth of
-    pg_database_size, read with psycopg), or None when it cannot be measured."""
-    hitl = _postgresql_open(url)
-    if hitl is None or url is None:
-        return None
-    try:
-        import psycopg  # type: ignore[import-not-found]
+        from postgres import LOCAL, Server  # bench/postgres.py, beside this file
     except ImportError:
-        hitl.close()
         return None
+    url = os.environ.get("HITL_BENCH_POSTGRESQL") or os.environ.get("HITL_TEST_POSTGRES_URL")
+    server = Server(url or LOCAL)
+    try:
+        hitl_core.connect(server.store_url(server.schema())).close()
+    except hitl_core.HitlError as error:
+        print(f"  no PostgreSQL measurements ({error.code}: {error})", file=sys.stderr)
+        server.drop_all()
+        return None
+    return server
 
-    def size() -> int:
-        with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-            return int(row[0])
 
+def postgresql_bytes_per_paused_run(server: Any, count: int) -> float | None:
+    """Bytes on disk per paused run in a PostgreSQL store: growth of its schema's tables
+    with their indexes and TOAST (pg_total_relation_size)."""
+    if server is None:
+        return None
+    schema = server.schema()
+    hitl = hitl_core.connect(server.store_url(schema))
     _pause_runs(hitl, 100)
-    before = size()
+    before = server.schema_bytes(schema)
     _pause_runs(hitl, count)
-    after = size()
+    after = server.schema_bytes(schema)
     hitl.close()
-    return (after - before) / count
+    return float(after - before) / count
 
 
 # -- latency as data grows ----------------------------------------------------------------
@@ -719,13 +716,11 @@ def _decider_process(url: str) -> Iterator[Callable[[str, str], float]]:
         process.wait(30)
 
 
-def wake_latency(url: str, samples: int, other_process: bool) -> dict[str, float] | None:
+def wake_latency(url: str, samples: int, other_process: bool) -> dict[str, float]:
     """µs from the start of a decision (`runs.approve`) to the return of the
     `Agent.wait` that waited for it, made in this process (a thread, same engine) or in
     another process (its own engine on the same store); median and p99."""
-    hitl = _postgresql_open(url) if url.startswith("postgres") else hitl_core.connect(url)
-    if hitl is None:
-        return None
+    hitl = hitl_core.connect(url)
     latencies = []
     with _decider_process(url) if other_process else _nothing() as remote:
         for _ in range(samples):
@@ -864,14 +859,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", choices=["hitl"], help="only hitl-core's cycles, policy checks and memory"
     )
-    parser.add_argument("--postgresql", metavar="URL", help="also measure this PostgreSQL store")
+    parser.add_argument(
+        "--postgresql",
+        metavar="URL",
+        help="the PostgreSQL server to measure too (default: $HITL_TEST_POSTGRES_URL, else "
+        "the local test server, when one answers)",
+    )
     args = parser.parse_args(argv)
     if args.postgresql:
         os.environ["HITL_BENCH_POSTGRESQL"] = args.postgresql
     quick, everything = args.quick, args.only is None
     n_mem, n_sql, n_lg, reps = (50, 20, 10, 1) if quick else (3000, 600, 300, 5)
     results: dict[str, Any] = {"cycles_per_second": {}, "quick": quick, "only": args.only}
-    pg = postgresql_url()
+    pg = postgres_server()
+    try:
+        run_all(results, pg, quick, everything, n_mem, n_sql, n_lg, reps)
+    finally:
+        if pg is not None:
+            pg.drop_all()
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def run_all(
+    results: dict[str, Any],
+    pg: Any,
+    quick: bool,
+    everything: bool,
+    n_mem: int,
+    n_sql: int,
+    n_lg: int,
+    reps: int,
+) -> None:
+    """Every measurement, into `results`."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
 
@@ -895,10 +917,9 @@ def main(argv: list[str] | None = None) -> int:
                 ("floor: hitl schema by hand, FULL", sqlite_schema_floor(work, "FULL"), n_sql),
                 ("floor: hitl schema by hand, NORMAL", sqlite_schema_floor(work, "NORMAL"), n_sql),
             ]
-        probe = _postgresql_open(pg)
-        if probe is not None:
-            probe.close()
-            cycles.append(("hitl-core postgresql", hitl_cycle(lambda: pg or ""), n_sql))
+        if pg is not None:
+            url = lambda: pg.store_url(pg.schema())  # noqa: E731
+            cycles.append(("hitl-core postgresql", hitl_cycle(url), n_sql))
         available = [(name, setup, n) for name, setup, n in cycles if setup is not None]
         rates = results["cycles_per_second"]
         measured = measure(available, reps)
@@ -930,13 +951,9 @@ def main(argv: list[str] | None = None) -> int:
             results["latency"] = latency_as_data_grows(work, steps, 20 if quick else 200)
             print("  measured latency as data grows", file=sys.stderr, flush=True)
             results["waiting"] = waiting(work, pg, quick)
-    report(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
 
 
-def waiting(work: Path, pg: str | None, quick: bool) -> dict[str, Any]:
+def waiting(work: Path, pg: Any, quick: bool) -> dict[str, Any]:
     """The waiting benchmarks: wake-up latency, loop lag and idle CPU."""
     samples, waiters, seconds = (5, 20, 0.2) if quick else (200, 1000, 3.0)
     shared = f"sqlite:///{work / 'wait.db'}"
@@ -945,9 +962,10 @@ def waiting(work: Path, pg: str | None, quick: bool) -> dict[str, Any]:
         "sqlite, same process": wake_latency(shared, samples, False),
         "sqlite, another process": wake_latency(shared, samples, True),
     }
-    if pg:
-        wake["postgresql, same process"] = wake_latency(pg, samples, False)
-        wake["postgresql, another process"] = wake_latency(pg, samples, True)
+    if pg is not None:
+        shared_pg = pg.store_url(pg.schema())
+        wake["postgresql, same process"] = wake_latency(shared_pg, samples, False)
+        wake["postgresql, another process"] = wake_latency(shared_pg, samples, True)
     print("  measured wake-up latency", file=sys.stderr, flush=True)
     loops = {
         "memory://": loop_with_waiters("memory://", waiters, seconds),
