@@ -304,6 +304,16 @@ class MemoryStore(Store, Transaction):
         self._compact_events()
 
     def _delete_run(self, run_id: str) -> None:
+        if run_id not in self._runs:  # deleted before: only finished deliveries may remain
+            finished = [
+                self._deliveries[did]
+                for did in self._run_deliveries.get(run_id, ())
+                if self._deliveries[did].status != "pending"
+            ]
+            for delivery in finished:
+                self._forget_delivery(delivery)
+            self._log(lambda: self._index_deliveries(finished))
+            return
         run = self._runs[run_id]
         order = self._order[run_id]
         requests = [self._requests[rid] for rid in self._run_requests.get(run_id, ())]
@@ -656,6 +666,10 @@ class MemoryStore(Store, Transaction):
         if found is None:
             found = self._endpoint_deliveries[endpoint_id] = _Ordered(self._delivery_order)
         return found
+
+    def _index_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
+        for delivery in deliveries:
+            self._index_delivery(delivery, self._delivery_order[delivery.id])
 
     def _forget_delivery(self, delivery: WebhookDelivery) -> None:
         del self._deliveries[delivery.id]
