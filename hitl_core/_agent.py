@@ -72,6 +72,7 @@ class Agent:
         replaying its steps after a crash opens nothing twice)."""
 
         def work(tx: Transaction, ctx: Context, run: Run) -> PermissionRequest:
+            _logic.opening(run, self.lease, ctx.now)  # before the key is looked at
             rid = keyed(run.id, key)
             existing = tx.get_request(rid) if rid is not None else None
             step = _logic.ask(ctx, run, self.lease, questions, request_id=rid, existing=existing)
@@ -123,6 +124,7 @@ class Agent:
         """Open a plan request (plan mode only; 409 not_plan_mode otherwise)."""
 
         def work(tx: Transaction, ctx: Context, run: Run) -> PermissionRequest:
+            _logic.opening(run, self.lease, ctx.now)  # before the key is looked at
             rid = keyed(run.id, key)
             existing = tx.get_request(rid) if rid is not None else None
             step = _logic.propose_plan(
@@ -158,6 +160,7 @@ class Agent:
         change feed wakes it); with a `ManualClock`, `advance` past the run's deadline or
         the timeout ends it too, and no real time is waited."""
         limit = wait_timeout(timeout)
+        self._engine._check_open()
 
         def look() -> tuple[PermissionRequest, bool, float | None]:
             request, run = self._look(request_id)

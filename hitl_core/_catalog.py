@@ -4,6 +4,7 @@ event log (`hitl.events`)."""
 from __future__ import annotations
 
 import builtins
+import math
 from typing import TYPE_CHECKING, Any
 
 from . import _logic
@@ -216,12 +217,27 @@ class Events:
         if run_id is not None:
             check.identifier(run_id, "run_id")
         limit_s = wait_timeout(timeout)
+        self._engine._check_open()
 
         def look() -> tuple[builtins.list[Event], bool, float | None]:
             found = self.list(after=cursor, run_id=run_id, limit=count)
-            return found, bool(found), None
+            return found, bool(found), None if found else self._next_deadline(run_id)
 
         return self._engine._waiters.wait(run_id or ANY_RUN, limit_s, look)
+
+    def _next_deadline(self, run_id: str | None = None) -> float | None:
+        """When the next suspension is due (of one run, or of any), as a clock reading;
+        None when no request is pending against a deadline. A follower of the log sleeps
+        no longer than that: the suspension's event is recorded lazily, by a look."""
+
+        def work(tx: Transaction, ctx: Context) -> float | None:
+            if run_id is not None:
+                run = tx.get_run(run_id)
+                return None if run is None else run.deadline
+            due = tx.due_runs(math.inf, 1)
+            return due[0].deadline if due else None
+
+        return self._engine._read(work)
 
     def last_id(self) -> str | None:
         """The id of the newest event (None: none yet): `wait(after=...)` from it sees

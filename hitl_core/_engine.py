@@ -27,7 +27,7 @@ from ._wait import Waiters
 if TYPE_CHECKING:
     from ._agent import Agent
 
-__all__ = ["Hitl", "connect", "open_store"]
+__all__ = ["Hitl", "check_options", "connect", "open_store", "store_opener"]
 
 T = TypeVar("T")
 
@@ -73,6 +73,17 @@ def random_id(prefix: str) -> str:
 
 def open_store(url: str) -> Store:
     """The store for `url`, found by its scheme in the `hitl_core.stores` entry points."""
+    store = store_opener(url)(url)
+    if not isinstance(store, Store):
+        raise ValidationError(
+            "invalid_url", f"the {url.split('://')[0]}:// entry point gave no Store"
+        )
+    return store
+
+
+def store_opener(url: str) -> Callable[[str], Store]:
+    """The function that opens the store for `url` (its scheme's entry point), found
+    without opening anything: 422 invalid_url for a URL no installed store takes."""
     if not isinstance(url, str) or "://" not in url:
         raise ValidationError(
             "invalid_url", f"a store URL looks like 'memory://'; got {shown(url)}"
@@ -87,10 +98,7 @@ def open_store(url: str) -> Store:
             "is hitl-core installed, with the extra that store needs?)",
         )
     factory: Callable[[str], Store] = found[0].load()
-    store = factory(url)
-    if not isinstance(store, Store):
-        raise ValidationError("invalid_url", f"the {scheme}:// entry point gave no Store")
-    return store
+    return factory
 
 
 def connect(
@@ -106,14 +114,19 @@ def connect(
     `clock` defaults to `SystemClock()`; `remember_scope` is "user" (a remembered allow
     becomes a policy of the run's user scope) or "run"; `ids(prefix)` makes ids (random
     by default; a deterministic source is useful in simulations)."""
+    check_options(clock, remember_scope)
+    store = url if isinstance(url, Store) else open_store(url)
+    return Hitl(store, clock or SystemClock(), remember_scope, ids or random_id)
+
+
+def check_options(clock: object, remember_scope: object) -> None:
+    """`connect`'s keyword checks (422 invalid_config)."""
     if remember_scope not in REMEMBER_SCOPES:
         raise ValidationError(
             "invalid_config", f"remember_scope must be 'user' or 'run'; got {shown(remember_scope)}"
         )
     if clock is not None and not callable(getattr(clock, "now", None)):
         raise ValidationError("invalid_config", f"a clock has a now() method; got {shown(clock)}")
-    store = url if isinstance(url, Store) else open_store(url)
-    return Hitl(store, clock or SystemClock(), remember_scope, ids or random_id)
 
 
 class _NeedsWrite(Exception):
@@ -185,12 +198,16 @@ class Hitl:
         return f"<Hitl store={type(self._store).__name__} clock={self._clock!r}>"
 
     # -- transactions ------------------------------------------------------------------
+    def _check_open(self) -> None:
+        """409 closed once the engine is closed."""
+        if self._closed:
+            raise ConflictError("closed", "this hitl-core engine is closed")
+
     def _write(self, work: Callable[[Transaction, Context], T], *, others: bool = True) -> T:
         """Run `work` in one write transaction; the clock is read inside it, after the
         store let this writer in. First a small batch of other overdue runs is
         suspended. Run again (up to RETRIES times) when a concurrent writer won a race."""
-        if self._closed:
-            raise ConflictError("closed", "this hitl-core engine is closed")
+        self._check_open()
         store, clock, ids = self._store, self._clock, self._ids
         for attempt in range(RETRIES):
             try:
@@ -209,8 +226,7 @@ class Hitl:
     def _read(self, work: Callable[[Transaction, Context], T], *, listing: bool = False) -> T:
         """Run `work` in a read transaction. If its run's deadline has passed (or, for a
         listing, any run's), it runs again as a write, which applies the deadline."""
-        if self._closed:
-            raise ConflictError("closed", "this hitl-core engine is closed")
+        self._check_open()
         try:
             with self._store.transaction(write=False) as tx:
                 ctx = Context(self._clock.now(), self._ids, False)

@@ -236,9 +236,11 @@ def fence(run: Run, lease: Lease | None, now: float) -> None:
         )
 
 
-def claim(ctx: Context, run: Run, worker: str, seconds: float) -> Step:
+def claim(ctx: Context, run: Run, worker: object, seconds: object) -> Step:
     """Take the run's lease for `seconds` (409 run_leased while another holds one)."""
     _rules.fire(run.status, "hold")
+    worker = check.text(worker, "worker", limit=check.MAX_NAME)
+    seconds = check.seconds(seconds, "seconds", "invalid_request")
     holder = run.lease_at(ctx.now)
     if holder is not None and holder.worker != worker:
         raise ConflictError(
@@ -253,11 +255,12 @@ def claim(ctx: Context, run: Run, worker: str, seconds: float) -> Step:
     return Step(_hold(run, **changes))
 
 
-def renew(ctx: Context, run: Run, lease: Lease, seconds: float) -> Step:
+def renew(ctx: Context, run: Run, lease: Lease, seconds: object) -> Step:
     """Extend the caller's lease by `seconds` from now (409 lease_lost if it is not the
     run's newest lease any more, even if it had lapsed meanwhile)."""
     _rules.fire(run.status, "hold")
     fence(run, lease, ctx.now)
+    seconds = check.seconds(seconds, "seconds", "invalid_request")
     return Step(_hold(run, lease_worker=lease.worker, lease_expires=ctx.now + seconds))
 
 
@@ -278,6 +281,13 @@ def save_checkpoint(ctx: Context, run: Run, lease: Lease | None, checkpoint: obj
 
 
 # -- opening requests -------------------------------------------------------------------
+
+
+def opening(run: Run, lease: Lease | None, now: float) -> None:
+    """The first checks of every call that opens a request, before its arguments are
+    looked at: a run that can no longer change, then the lease."""
+    _rules.check(run.status, "open_request")
+    fence(run, lease, now)
 
 
 def keyed_request_id(run_id: str, key: str) -> str:
@@ -349,8 +359,7 @@ def ask(
     existing: PermissionRequest | None = None,
 ) -> Step:
     """Open a question request (409 hitl_disabled without human_in_the_loop)."""
-    _rules.check(run.status, "open_request")
-    fence(run, lease, ctx.now)
+    opening(run, lease, ctx.now)
     if not run.human_in_the_loop:
         raise ConflictError("hitl_disabled", "questions need a run with human_in_the_loop=True")
     checked = check.normalise_questions(questions)
@@ -375,8 +384,7 @@ def propose_plan(
 ) -> Step:
     """Open a plan request: one AskUserQuestion question headed "Plan Approval" (409
     not_plan_mode outside plan mode)."""
-    _rules.check(run.status, "open_request")
-    fence(run, lease, ctx.now)
+    opening(run, lease, ctx.now)
     if run.permission_mode != "plan":
         raise ConflictError("not_plan_mode", f"run {run.id} is not in plan mode")
     text = check.text(plan_text, "plan_text", limit=check.MAX_PLAN)
@@ -428,8 +436,7 @@ def tool_call(
     """The checks of `request_tool` in the SPEC's order (a terminal run first, then the
     lease, then the arguments); the tool's name, a checked copy of its input, and the
     safe flag."""
-    _rules.check(run.status, "open_request")
-    fence(run, lease, now)
+    opening(run, lease, now)
     name = check.text(tool_name, "tool_name")
     if tool_input is not None and not isinstance(tool_input, dict):
         raise ValidationError("invalid_request", "tool_input must be a dict or None")
@@ -531,7 +538,7 @@ def decided(
 
 
 def _by(request: PermissionRequest) -> str:
-    """" by <actor>" for a refusal that names who decided first (nothing if unknown)."""
+    """ " by <actor>" for a refusal that names who decided first (nothing if unknown)."""
     return f" by {shown(request.actor)}" if request.actor else ""
 
 
@@ -760,13 +767,15 @@ def fail(
 
 def describe_exception(error: BaseException) -> str:
     """`Type: message` for an exception, whatever its `__str__` does; text with no UTF-8
-    form (an undecodable file name, say) is escaped so that every store can keep it."""
+    form (an undecodable file name, say) and NUL characters are escaped so that every
+    store can keep it."""
     try:
         text = str(error)
     except Exception:  # a broken __str__ must not stop the run from failing
         text = "<unprintable>"
     message = f"{type(error).__name__}: {text}" if text else type(error).__name__
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    message = message.replace("\x00", "\\x00")  # no store's text may hold a NUL
     if len(message) > check.MAX_TEXT:
         message = message[: check.MAX_TEXT - 1] + "…"
     return message

@@ -95,7 +95,7 @@ def payload(event: Event) -> str:
 
 
 def _endpoint(tx: Transaction, endpoint_id: object) -> WebhookEndpoint:
-    found = tx.get_endpoint(endpoint_id) if isinstance(endpoint_id, str) else None
+    found = tx.get_endpoint(check.identifier(endpoint_id, "endpoint_id"))
     if found is None:
         raise NotFoundError("webhook_not_found", f"no webhook endpoint {shown(endpoint_id)}")
     return found
@@ -121,12 +121,35 @@ def _fail_pending(tx: Transaction, ctx: Context, endpoint_id: str, why: str) -> 
         batch, _ = found
         if not batch:
             return
-        tx.save_deliveries(
+        _settle(
+            tx,
             [
                 evolve(d, status="failed", error=why, next_retry_at=None, updated_at=ctx.now)
                 for d in batch
-            ]
+            ],
         )
+
+
+def _settle(tx: Transaction, deliveries: Sequence[WebhookDelivery]) -> None:
+    """Save deliveries that are over (delivered or failed). A delivery still pending when
+    its run was pruned was kept to be sent; once it is over it goes the way of its run:
+    `delete_runs` of a run no longer stored removes its finished deliveries."""
+    tx.save_deliveries(deliveries)
+    gone = {d.run_id for d in deliveries if tx.get_run(d.run_id) is None}
+    if gone:
+        tx.delete_runs(sorted(gone))
+
+
+def _received(value: object, what: str) -> str | None:
+    """What a receiver answered (or how the attempt failed), kept for the delivery log:
+    any text, cut to 1,000 characters, with what no store can hold (NUL, text with no
+    UTF-8 form) escaped. It comes from outside: it is recorded, never refused."""
+    if value is not None and not isinstance(value, str):
+        raise ValidationError("invalid_request", f"{what} must be a string or None")
+    if value is None:
+        return None
+    kept = value[:_BODY_LIMIT].encode("utf-8", "backslashreplace").decode("utf-8")
+    return kept.replace("\x00", "\\x00")
 
 
 def _attempts(value: object) -> int:
@@ -333,7 +356,7 @@ class Webhooks:
                     failed = evolve(
                         delivery, status="failed", error=why, next_retry_at=None, updated_at=ctx.now
                     )
-                    tx.save_deliveries([failed])
+                    _settle(tx, [failed])
                     continue
                 leased = evolve(
                     delivery,
@@ -371,6 +394,7 @@ class Webhooks:
         repeats) until `max_attempts`, then the delivery has failed. An outcome for an
         attempt that is no longer the current one changes nothing."""
 
+        named = check.identifier(delivery_id, "delivery_id")
         if isinstance(attempt, bool) or not isinstance(attempt, int):
             raise ValidationError("invalid_request", "attempt must be an integer")
         if status_code is not None and (
@@ -379,21 +403,20 @@ class Webhooks:
             or not 100 <= status_code <= 599
         ):
             raise ValidationError("invalid_request", "status_code must be an HTTP status or None")
-        body_text = check.optional_text(response_body, "response_body", limit=10**9)
-        why = check.optional_text(error, "error", limit=10**9)
+        body_text = _received(response_body, "response_body")
+        why = _received(error, "error")
         _attempts(max_attempts)
         waits = [
             check.seconds(wait, "backoff", "invalid_request", allow_zero=True) for wait in backoff
         ]
 
         def work(tx: Transaction, ctx: Context) -> WebhookDelivery:
-            delivery = tx.get_delivery(delivery_id) if isinstance(delivery_id, str) else None
+            delivery = tx.get_delivery(named)
             if delivery is None:
                 raise NotFoundError("delivery_not_found", f"no delivery {shown(delivery_id)}")
             if delivery.status != "pending" or delivery.attempts != attempt:
                 return delivery
-            body = None if body_text is None else body_text[:_BODY_LIMIT]
-            why_kept = None if why is None else why[:_BODY_LIMIT]
+            body, why_kept = body_text, why
             outcome: dict[str, Any] = {
                 "response_status_code": status_code,
                 "response_body": body,
@@ -408,7 +431,10 @@ class Webhooks:
                 wait = waits[min(delivery.attempts, len(waits)) - 1] if waits else 0.0
                 outcome.update(next_retry_at=ctx.now + wait)
             recorded = evolve(delivery, **outcome)
-            tx.save_deliveries([recorded])
+            if recorded.status == "pending":
+                tx.save_deliveries([recorded])
+            else:
+                _settle(tx, [recorded])
             return recorded
 
         return self._engine._write(work)

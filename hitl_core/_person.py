@@ -231,12 +231,10 @@ class Runs:
         holding this lease may act for the run (`hitl.agent(run_id, lease=...)`). 409
         run_leased while another worker holds one; claiming again as the same worker
         gives a new lease (a newer token)."""
-        name = check.text(worker, "worker", limit=check.MAX_NAME)
-        span = check.seconds(seconds, "seconds", "invalid_request")
 
         def work(tx: Transaction, ctx: Context) -> Lease:
             run, ctx = self._engine._load(tx, ctx, run_id)
-            step = _logic.claim(ctx, run, name, span)
+            step = _logic.claim(ctx, run, worker, seconds)
             self._engine._save(tx, step, run)
             lease = step.run.lease_at(ctx.now)
             assert lease is not None
@@ -248,11 +246,10 @@ class Runs:
         """Extend a lease to `seconds` from now (409 lease_lost when the run was claimed
         again since)."""
         held = _lease(lease)
-        span = check.seconds(seconds, "seconds", "invalid_request")
 
         def work(tx: Transaction, ctx: Context) -> Lease:
             run, ctx = self._engine._load(tx, ctx, held.run_id)
-            step = _logic.renew(ctx, run, held, span)
+            step = _logic.renew(ctx, run, held, seconds)
             self._engine._save(tx, step, run)
             renewed = step.run.lease_at(ctx.now)
             assert renewed is not None

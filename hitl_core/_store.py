@@ -72,7 +72,9 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def delete_runs(self, run_ids: Sequence[str]) -> None:
         """Remove these runs with their requests, events and idempotency keys, and those
-        of their webhook deliveries that are no longer pending."""
+        of their webhook deliveries that are no longer pending. An id of a run no longer
+        stored is allowed: its remaining finished deliveries go (a delivery that was still
+        pending when its run was deleted goes this way once it is over)."""
 
     @abc.abstractmethod
     def insert_run(self, run: Run) -> None:

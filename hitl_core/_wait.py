@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import threading
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
@@ -33,6 +34,9 @@ POLL_FIRST = 0.01
 """With a store that has no change feed: the first pause before a waiter looks again."""
 POLL_MAX = 1.0
 """... and the longest (the pause doubles while nothing changes)."""
+MAX_BLOCK = 3600.0
+"""The longest a waiter blocks before it looks again, whatever its timeout: timers of
+the platform have limits, and an hourly look costs nothing."""
 
 
 class Waiter:
@@ -87,6 +91,12 @@ class Waiters:
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
+        self._reset()
+
+    def _reset(self) -> None:
+        """Nobody waits, nothing is subscribed: a new engine, or a forked child (whose
+        copy of the parent's waiters and feed threads is of no use)."""
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._by_run: dict[str, set[Waiter]] = {}
@@ -108,10 +118,7 @@ class Waiters:
     def add(self, run_id: str, loop: asyncio.AbstractEventLoop | None = None) -> Waiter:
         """Register a waiter on `run_id` (before its first look)."""
         waiter = Waiter(run_id, loop)
-        if not self._started:
-            with self._start_lock:  # not the waiters' lock: a store may connect here
-                if not self._started:
-                    self._start()
+        self.start()
         with self._lock:
             self._by_run.setdefault(run_id, set()).add(waiter)
         return waiter
@@ -125,8 +132,22 @@ class Waiters:
                 if not found:
                     del self._by_run[waiter.run_id]
 
+    @property
+    def started(self) -> bool:
+        """True once this process subscribed to the store's feed and the clock."""
+        return self._started and self._pid == os.getpid()
+
+    def start(self) -> None:
+        """Subscribe to the store's feed and the clock, once per process (a forked child
+        starts again): the first wait does it."""
+        if self._pid != os.getpid():
+            self._reset()
+        if not self._started:
+            with self._start_lock:  # not the waiters' lock: a store may connect here
+                if not self._started:
+                    self._start()
+
     def _start(self) -> None:
-        """Subscribe to the store's feed and the clock, once, on the first wait."""
         stop = self._store.subscribe(self._changed)
         if stop is not None:
             self._has_feed = True
@@ -179,6 +200,8 @@ class Waiters:
             seconds = pause if seconds is None else min(seconds, pause)
         if seconds is not None and not math.isfinite(seconds):
             seconds = None
+        if seconds is not None:
+            seconds = min(seconds, MAX_BLOCK)
         return seconds
 
     def wait(self, key: str, timeout: float | None, look: Callable[[], Look[T]]) -> T:
@@ -204,6 +227,8 @@ class Waiters:
         self, key: str, timeout: float | None, look: Callable[[], Awaitable[Look[T]]]
     ) -> T:
         """`wait` for asyncio: the same looks, awaited; blocking holds no thread."""
+        if not self.started:  # subscribing may touch the store: off the event loop
+            await asyncio.to_thread(self.start)
         waiter = self.add(key, asyncio.get_running_loop())
         try:
             end = None if timeout is None else self._clock.now() + timeout

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from . import _validate as check
 from ._agent import Agent, wait_is_over, wait_timeout
 from ._clock import Clock
-from ._engine import Hitl
+from ._engine import Hitl, check_options, store_opener
 from ._engine import connect as connect_sync
 from ._errors import ConflictError
 from ._outbox import BACKOFF, MAX_ATTEMPTS, Outgoing
@@ -69,16 +69,25 @@ def connect(
     are those of `hitl_core.connect`, and `threads` is the size of the engine's pool for
     store calls. Use it as `async with hitl_core.aio.connect(url) as hitl:`."""
     size = check.limit(threads, 64)
-    return AsyncHitl(connect_sync(url, clock=clock, remember_scope=remember_scope, ids=ids), size)
+    check_options(clock, remember_scope)
+    if not isinstance(url, Store):
+        store_opener(url)  # a URL no installed store takes is refused now (422 invalid_url)
+    opener = functools.partial(
+        connect_sync, url, clock=clock, remember_scope=remember_scope, ids=ids
+    )
+    return AsyncHitl(opener, size)
 
 
 class AsyncHitl:
     """An asyncio engine: `hitl_core.Hitl`'s calls as coroutines. Make one with
-    `hitl_core.aio.connect()`."""
+    `hitl_core.aio.connect()`. The store is opened on the engine's threads by the first
+    call (or `async with`): opening one may mean connecting to a server, which must not
+    hold up the event loop."""
 
-    def __init__(self, engine: Hitl, threads: int = THREADS) -> None:
-        self.sync = engine
-        """The synchronous engine underneath (for code that is not async)."""
+    def __init__(self, engine: Hitl | Callable[[], Hitl], threads: int = THREADS) -> None:
+        self._sync: Hitl | None = engine if isinstance(engine, Hitl) else None
+        self._opener = None if isinstance(engine, Hitl) else engine
+        self._opening: asyncio.Lock | None = None
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hitl-aio")
         self._closed = False
         self.runs = AsyncRuns(self)
@@ -86,6 +95,27 @@ class AsyncHitl:
         self.tasks = AsyncTasks(self)
         self.events = AsyncEvents(self)
         self.webhooks = AsyncWebhooks(self)
+
+    @property
+    def sync(self) -> Hitl:
+        """The synchronous engine underneath (for code that is not async); opened here,
+        in this thread, if no call opened it yet."""
+        if self._sync is None:
+            assert self._opener is not None
+            self._sync = self._opener()
+        return self._sync
+
+    async def _opened(self) -> Hitl:
+        """The synchronous engine, its store opened on the engine's threads if needed."""
+        if self._sync is None:
+            if self._opening is None:
+                self._opening = asyncio.Lock()
+            async with self._opening:
+                if self._sync is None:
+                    assert self._opener is not None
+                    loop = asyncio.get_running_loop()
+                    self._sync = await loop.run_in_executor(self._pool, self._opener)
+        return self._sync
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a synchronous engine call on the pool, so the loop goes on meanwhile."""
@@ -96,35 +126,38 @@ class AsyncHitl:
 
     async def agent(self, run_id: str, *, lease: Lease | None = None) -> AsyncAgent:
         """The agent side of run `run_id` (404 run_not_found if there is none)."""
-        agent = await self._call(self.sync.agent, run_id, lease=lease)
+        agent = await self._call((await self._opened()).agent, run_id, lease=lease)
         return AsyncAgent(self, agent)
 
     async def tick(self) -> list[Event]:
         """Apply every deadline that has passed; the events recorded."""
-        return await self._call(self.sync.tick)
+        return await self._call((await self._opened()).tick)
 
     async def close(self) -> None:
         """Close the engine and its store; later calls raise ConflictError('closed')."""
         if self._closed:
             return
-        await self._call(self.sync.close)
+        if self._sync is not None:
+            await self._call(self._sync.close)
         self._closed = True
         self._pool.shutdown(wait=False)
 
     async def __aenter__(self) -> AsyncHitl:
+        await self._opened()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"<AsyncHitl {self.sync!r}>"
+        return f"<AsyncHitl {self._sync!r}>"
 
 
 class _Part:
     def __init__(self, engine: AsyncHitl) -> None:
         self._engine = engine
         self._call = engine._call
+        self._hitl = engine._opened
 
 
 class AsyncRuns(_Part):
@@ -143,7 +176,7 @@ class AsyncRuns(_Part):
     ) -> Run:
         """See `Runs.create`."""
         return await self._call(
-            self._engine.sync.runs.create,
+            (await self._hitl()).runs.create,
             human_in_the_loop=human_in_the_loop,
             permission_mode=permission_mode,
             user_id=user_id,
@@ -155,7 +188,7 @@ class AsyncRuns(_Part):
 
     async def get(self, run_id: str) -> Run:
         """See `Runs.get`."""
-        return await self._call(self._engine.sync.runs.get, run_id)
+        return await self._call((await self._hitl()).runs.get, run_id)
 
     async def list(
         self,
@@ -167,7 +200,7 @@ class AsyncRuns(_Part):
     ) -> Page[Run]:
         """See `Runs.list`."""
         return await self._call(
-            self._engine.sync.runs.list,
+            (await self._hitl()).runs.list,
             user_id=user_id,
             status=status,
             limit=limit,
@@ -176,11 +209,11 @@ class AsyncRuns(_Part):
 
     async def permissions(self, run_id: str) -> builtins.list[PermissionRequest]:
         """See `Runs.permissions`."""
-        return await self._call(self._engine.sync.runs.permissions, run_id)
+        return await self._call((await self._hitl()).runs.permissions, run_id)
 
     async def pending(self, *, limit: int = 100) -> builtins.list[PermissionRequest]:
         """See `Runs.pending`."""
-        return await self._call(self._engine.sync.runs.pending, limit=limit)
+        return await self._call((await self._hitl()).runs.pending, limit=limit)
 
     async def answer(
         self,
@@ -192,7 +225,7 @@ class AsyncRuns(_Part):
     ) -> AnswerResult:
         """See `Runs.answer`."""
         return await self._call(
-            self._engine.sync.runs.answer,
+            (await self._hitl()).runs.answer,
             run_id,
             answers=answers,
             request_id=request_id,
@@ -211,7 +244,7 @@ class AsyncRuns(_Part):
     ) -> ApproveResult:
         """See `Runs.approve`."""
         return await self._call(
-            self._engine.sync.runs.approve,
+            (await self._hitl()).runs.approve,
             run_id,
             request_id=request_id,
             decision=decision,
@@ -223,34 +256,36 @@ class AsyncRuns(_Part):
     async def update_permission_mode(self, run_id: str, *, permission_mode: str) -> Run:
         """See `Runs.update_permission_mode`."""
         return await self._call(
-            self._engine.sync.runs.update_permission_mode, run_id, permission_mode=permission_mode
+            (await self._hitl()).runs.update_permission_mode,
+            run_id,
+            permission_mode=permission_mode,
         )
 
     async def cancel(self, run_id: str) -> Run:
         """See `Runs.cancel`."""
-        return await self._call(self._engine.sync.runs.cancel, run_id)
+        return await self._call((await self._hitl()).runs.cancel, run_id)
 
     async def claim(self, run_id: str, *, worker: str, seconds: float = 30.0) -> Lease:
         """See `Runs.claim`."""
         return await self._call(
-            self._engine.sync.runs.claim, run_id, worker=worker, seconds=seconds
+            (await self._hitl()).runs.claim, run_id, worker=worker, seconds=seconds
         )
 
     async def renew(self, lease: Lease, *, seconds: float = 30.0) -> Lease:
         """See `Runs.renew`."""
-        return await self._call(self._engine.sync.runs.renew, lease, seconds=seconds)
+        return await self._call((await self._hitl()).runs.renew, lease, seconds=seconds)
 
     async def release(self, lease: Lease) -> bool:
         """See `Runs.release`."""
-        return await self._call(self._engine.sync.runs.release, lease)
+        return await self._call((await self._hitl()).runs.release, lease)
 
     async def claimable(self, *, limit: int = 100) -> builtins.list[Run]:
         """See `Runs.claimable`."""
-        return await self._call(self._engine.sync.runs.claimable, limit=limit)
+        return await self._call((await self._hitl()).runs.claimable, limit=limit)
 
     async def prune(self, *, before: float, batch: int = 500) -> int:
         """See `Runs.prune`."""
-        return await self._call(self._engine.sync.runs.prune, before=before, batch=batch)
+        return await self._call((await self._hitl()).runs.prune, before=before, batch=batch)
 
 
 class AsyncAgent:
@@ -306,7 +341,9 @@ class AsyncAgent:
             request, run = await self._call(self.sync._look, request_id)
             return request, wait_is_over(request, run), run.deadline
 
-        return await self._engine.sync._waiters.wait_async(self.run_id, limit, look)
+        engine = self._engine.sync  # open: this agent came from it
+        engine._check_open()
+        return await engine._waiters.wait_async(self.run_id, limit, look)
 
     async def save_checkpoint(self, checkpoint: Any) -> Run:
         """See `Agent.save_checkpoint`."""
@@ -326,14 +363,14 @@ class AsyncPermissions(_Part):
 
     async def create(self, *, tool: str, user_id: str | None = None) -> PermissionPolicy:
         """See `Permissions.create`."""
-        return await self._call(self._engine.sync.permissions.create, tool=tool, user_id=user_id)
+        return await self._call((await self._hitl()).permissions.create, tool=tool, user_id=user_id)
 
     async def list(
         self, *, user_id: str | None = None, limit: int = 20, starting_after: str | None = None
     ) -> Page[PermissionPolicy]:
         """See `Permissions.list`."""
         return await self._call(
-            self._engine.sync.permissions.list,
+            (await self._hitl()).permissions.list,
             user_id=user_id,
             limit=limit,
             starting_after=starting_after,
@@ -341,7 +378,7 @@ class AsyncPermissions(_Part):
 
     async def delete(self, policy_id: str, *, user_id: str | None = None) -> PermissionPolicy:
         """See `Permissions.delete`."""
-        return await self._call(self._engine.sync.permissions.delete, policy_id, user_id=user_id)
+        return await self._call((await self._hitl()).permissions.delete, policy_id, user_id=user_id)
 
 
 class AsyncTasks(_Part):
@@ -357,7 +394,7 @@ class AsyncTasks(_Part):
     ) -> Task:
         """See `Tasks.create`."""
         return await self._call(
-            self._engine.sync.tasks.create,
+            (await self._hitl()).tasks.create,
             name=name,
             human_in_the_loop=human_in_the_loop,
             permission_mode=permission_mode,
@@ -366,7 +403,7 @@ class AsyncTasks(_Part):
 
     async def get(self, task_id: str) -> Task:
         """See `Tasks.get`."""
-        return await self._call(self._engine.sync.tasks.get, task_id)
+        return await self._call((await self._hitl()).tasks.get, task_id)
 
     async def run(
         self,
@@ -378,7 +415,7 @@ class AsyncTasks(_Part):
     ) -> Run:
         """See `Tasks.run`."""
         return await self._call(
-            self._engine.sync.tasks.run,
+            (await self._hitl()).tasks.run,
             task_id,
             checkpoint=checkpoint,
             idempotency_key=idempotency_key,
@@ -394,7 +431,7 @@ class AsyncEvents(_Part):
     ) -> builtins.list[Event]:
         """See `Events.list`."""
         return await self._call(
-            self._engine.sync.events.list, after=after, run_id=run_id, limit=limit
+            (await self._hitl()).events.list, after=after, run_id=run_id, limit=limit
         )
 
     async def wait(
@@ -414,13 +451,17 @@ class AsyncEvents(_Part):
 
         async def look() -> tuple[builtins.list[Event], bool, float | None]:
             found = await self.list(after=after, run_id=run_id, limit=limit)
-            return found, bool(found), None
+            if found:
+                return found, True, None
+            return found, False, await self._call(engine.events._next_deadline, run_id)
 
-        return await self._engine.sync._waiters.wait_async(run_id or ANY_RUN, seconds, look)
+        engine = await self._hitl()
+        engine._check_open()
+        return await engine._waiters.wait_async(run_id or ANY_RUN, seconds, look)
 
     async def last_id(self) -> str | None:
         """See `Events.last_id`."""
-        return await self._call(self._engine.sync.events.last_id)
+        return await self._call((await self._hitl()).events.last_id)
 
 
 class AsyncWebhooks(_Part):
@@ -428,18 +469,18 @@ class AsyncWebhooks(_Part):
 
     async def create(self, *, url: str, events: Sequence[str] | None = None) -> WebhookEndpoint:
         """See `Webhooks.create`."""
-        return await self._call(self._engine.sync.webhooks.create, url=url, events=events)
+        return await self._call((await self._hitl()).webhooks.create, url=url, events=events)
 
     async def get(self, endpoint_id: str) -> WebhookEndpoint:
         """See `Webhooks.get`."""
-        return await self._call(self._engine.sync.webhooks.get, endpoint_id)
+        return await self._call((await self._hitl()).webhooks.get, endpoint_id)
 
     async def list(
         self, *, limit: int = 20, starting_after: str | None = None
     ) -> Page[WebhookEndpoint]:
         """See `Webhooks.list`."""
         return await self._call(
-            self._engine.sync.webhooks.list, limit=limit, starting_after=starting_after
+            (await self._hitl()).webhooks.list, limit=limit, starting_after=starting_after
         )
 
     async def update(
@@ -453,7 +494,7 @@ class AsyncWebhooks(_Part):
     ) -> WebhookEndpoint:
         """See `Webhooks.update`."""
         return await self._call(
-            self._engine.sync.webhooks.update,
+            (await self._hitl()).webhooks.update,
             endpoint_id,
             url=url,
             events=events,
@@ -463,7 +504,7 @@ class AsyncWebhooks(_Part):
 
     async def delete(self, endpoint_id: str) -> None:
         """See `Webhooks.delete`."""
-        await self._call(self._engine.sync.webhooks.delete, endpoint_id)
+        await self._call((await self._hitl()).webhooks.delete, endpoint_id)
 
     async def list_deliveries(
         self,
@@ -475,7 +516,7 @@ class AsyncWebhooks(_Part):
     ) -> Page[WebhookDelivery]:
         """See `Webhooks.list_deliveries`."""
         return await self._call(
-            self._engine.sync.webhooks.list_deliveries,
+            (await self._hitl()).webhooks.list_deliveries,
             endpoint_id,
             status=status,
             limit=limit,
@@ -484,14 +525,14 @@ class AsyncWebhooks(_Part):
 
     async def enqueue(self, limit: int = 1000) -> int:
         """See `Webhooks.enqueue`."""
-        return await self._call(self._engine.sync.webhooks.enqueue, limit)
+        return await self._call((await self._hitl()).webhooks.enqueue, limit)
 
     async def claim(
         self, *, limit: int = 10, lease_seconds: float = 60.0, max_attempts: int = MAX_ATTEMPTS
     ) -> builtins.list[Outgoing]:
         """See `Webhooks.claim`."""
         return await self._call(
-            self._engine.sync.webhooks.claim,
+            (await self._hitl()).webhooks.claim,
             limit=limit,
             lease_seconds=lease_seconds,
             max_attempts=max_attempts,
@@ -510,7 +551,7 @@ class AsyncWebhooks(_Part):
     ) -> WebhookDelivery:
         """See `Webhooks.record`."""
         return await self._call(
-            self._engine.sync.webhooks.record,
+            (await self._hitl()).webhooks.record,
             delivery_id,
             attempt=attempt,
             status_code=status_code,

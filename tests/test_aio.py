@@ -200,3 +200,60 @@ def test_connect_refuses_a_bad_pool_size() -> None:
     store = open_store("memory://")
     assert isinstance(store, Store)
     store.close()
+
+
+SLOW_STORE = '''
+"""A memory store that is slow to open and to subscribe to, as a server far away is."""
+import time
+
+from hitl_memory import MemoryStore
+
+
+class SlowStore(MemoryStore):
+    def subscribe(self, listener):
+        time.sleep(0.5)
+        return super().subscribe(listener)
+
+
+def open_store(url):
+    time.sleep(0.5)
+    return SlowStore()
+'''
+
+
+def test_opening_and_subscribing_to_a_slow_store_never_block_the_loop(tmp_path: Path) -> None:
+    from register import entry_point
+
+    (tmp_path / "slow_store.py").write_text(SLOW_STORE)
+
+    async def main() -> tuple[int, str]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        counting = asyncio.create_task(ticker())
+        hitl = hitl_core.aio.connect("slow://")  # nothing is opened yet
+        async with hitl:  # opened on the engine's threads
+            run = await hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
+            agent = await hitl.agent(run.id)
+            gate = await agent.request_tool("deploy")
+            assert gate.request_id is not None
+            request = await agent.wait(gate.request_id, timeout=0.05)  # subscribes: slow
+        counting.cancel()
+        return ticks, request.status.value
+
+    with entry_point("hitl_core.stores", "slow = slow_store:open_store", import_from=tmp_path):
+        ticks, status = asyncio.run(main())
+    sys.modules.pop("slow_store", None)
+    assert status == "pending"
+    assert ticks >= 40, f"the loop stood still while the store opened ({ticks} ticks)"
+
+
+def test_connect_refuses_an_unknown_scheme_at_once() -> None:
+    with pytest.raises(hitl_core.ValidationError) as caught:
+        hitl_core.aio.connect("nosuchstore://x")
+    assert caught.value.code == "invalid_url"

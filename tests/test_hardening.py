@@ -196,7 +196,8 @@ def test_memory_store_reads_a_runs_pending_requests_without_its_history() -> Non
         hitl.runs.approve(run.id, request_id=gate.request_id)  # type: ignore[arg-type]
     gate = agent.request_tool("t")
     store._requests = _Spy(store._requests)
-    store._run_requests = {k: _CountingList(v) for k, v in store._run_requests.items()}
+    entry = store._runs[run.id]  # the run's entry: its requests, oldest first
+    entry.requests = _CountingList(entry.requests)
     _Spy.reads = _CountingList.seen = 0
     with store.transaction(write=False) as tx:
         assert [r.request_id for r in tx.list_requests(run.id, pending_only=True)] == [

@@ -498,3 +498,44 @@ def test_the_dispatcher_claims_with_its_own_max_attempts(
     (delivered,) = Dispatcher(hitl, max_attempts=5).run_once()
     assert (delivered.status, delivered.attempts) == ("delivered", 4)
     assert len(receiver.received) == 1
+
+
+def test_a_receiver_answering_with_a_nul_byte_is_recorded_and_holds_up_nobody() -> None:
+    """A receiver's answer comes from outside: it is kept (escaped), never refused, and
+    one delivery's trouble never stops the others of the pass."""
+    import http.server
+
+    hits = {"/bad": 0, "/good": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            hits[self.path] += 1
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok\x00\xff" if self.path == "/bad" else b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    clock = hitl_core.ManualClock(1000.0)
+    hitl = hitl_core.connect("memory://", clock=clock)
+    endpoints = [
+        hitl.webhooks.create(
+            url=f"http://127.0.0.1:{server.server_port}{path}", events=["run.completed"]
+        )
+        for path in hits
+    ]
+    run = hitl.runs.create()
+    hitl.agent(run.id).complete()
+    Dispatcher(hitl).run_once()
+    assert hits == {"/bad": 1, "/good": 1}
+    for endpoint in endpoints:
+        (delivery,) = hitl.webhooks.list_deliveries(endpoint.id).data
+        assert (delivery.status, delivery.attempts) == ("delivered", 1)
+    (bad,) = hitl.webhooks.list_deliveries(endpoints[0].id).data
+    assert bad.response_body is not None and "\x00" not in bad.response_body
+    server.shutdown()
+    hitl.close()

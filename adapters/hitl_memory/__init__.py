@@ -499,9 +499,18 @@ class MemoryStore(Store, Transaction):
         self._compact_events()
 
     def _delete_run(self, run_id: str) -> None:
-        entry = self._runs[run_id]
+        entry = self._runs.get(run_id)
+        if entry is None or entry.run is None:  # deleted before: only finished deliveries
+            finished = [
+                self._deliveries[did]
+                for did in self._run_deliveries.get(run_id, ())
+                if self._deliveries[did].status != "pending"
+            ]
+            for delivery in finished:
+                self._forget_delivery(delivery)
+            self._log(lambda: self._index_deliveries(finished))
+            return
         run = entry.run
-        assert run is not None
         kept = (entry.requests, entry.pending, entry.first_event, entry.last_event)
         requests = [self._requests[rid] for rid in _few(entry.requests)]
         positions = list(self._positions(entry.first_event))
@@ -999,6 +1008,10 @@ class MemoryStore(Store, Transaction):
                 self._delivery_order.__getitem__
             )
         return found
+
+    def _index_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
+        for delivery in deliveries:
+            self._index_delivery(delivery, self._delivery_order[delivery.id])
 
     def _forget_delivery(self, delivery: WebhookDelivery) -> None:
         del self._deliveries[delivery.id]

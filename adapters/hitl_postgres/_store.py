@@ -223,7 +223,7 @@ class PostgresStore(Store):
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Tell `listener` which runs had events committed by any process: notifications
         sent by the writing transactions, received on one LISTEN connection per store.
-        Waits (up to the connect timeout) until the LISTEN is in place."""
+        Returns at once; the listener is told None whenever the LISTEN (re)starts."""
         if os.getpid() != self._pid:
             self._after_fork()
         with self._lock:
@@ -232,9 +232,10 @@ class PostgresStore(Store):
             if self._listener is None:
                 self._listener = Listener(self.config.conninfo, self.channel, self.where)
             listener_thread = self._listener
-        remove = listener_thread.add(listener)
-        listener_thread.listening.wait(10.0)
-        return remove
+        # No waiting for the LISTEN to be in place: once it is, the listener is told None
+        # ("look again"), so a commit made before then is not missed, and a caller (an
+        # event loop, a wait with a short timeout) is not held up by a slow server.
+        return listener_thread.add(listener)
 
     def close(self) -> None:
         """Stop the change feed and close every connection; safe to call twice."""

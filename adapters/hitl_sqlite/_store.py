@@ -359,14 +359,14 @@ class SqliteStore(Store):
         with self._registry_lock:
             if self._closed:
                 raise StoreError("store_closed", f"the SQLite store {self.path!r} is closed")
-            if self._watcher is None:
+            if self._watcher is None or self._watcher.pid != os.getpid():  # new, or forked
                 self._watcher = Watcher(None if self._memory else self._connect, self.path)
             return self._watcher.add(listener)
 
     def _committed(self, run_ids: frozenset[str]) -> None:
         """Tell this process's listeners at once about a commit of its own."""
         watcher = self._watcher
-        if watcher is not None:
+        if watcher is not None and watcher.pid == os.getpid():
             watcher.tell(run_ids)
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -39,6 +40,8 @@ class Watcher:
         """`connect` opens the watching connection; None: there are no other connections
         to watch (an in-memory database), only `tell` calls."""
         self.path = path
+        self.pid = os.getpid()
+        """The process it watches for: a forked child makes a watcher of its own."""
         self._connect = connect
         self._listeners: dict[int, ChangeListener] = {}
         self._ids = itertools.count()

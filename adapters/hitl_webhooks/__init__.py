@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from hitl_core import Hitl, Outgoing, WebhookDelivery
+from hitl_core import Hitl, HitlError, Outgoing, WebhookDelivery
 from hitl_core.adapter import BACKOFF, MAX_ATTEMPTS
 
 __all__ = ["Dispatcher", "Response", "http_post"]
@@ -92,7 +92,13 @@ class Dispatcher:
         claimed = self.hitl.webhooks.claim(
             limit=self.batch, lease_seconds=self.lease_seconds, max_attempts=self.max_attempts
         )
-        return [self._deliver(outgoing) for outgoing in claimed]
+        recorded = []
+        for outgoing in claimed:  # one delivery's trouble never holds up the others
+            try:
+                recorded.append(self._deliver(outgoing))
+            except HitlError as error:  # not recorded: sent again once its lease is over
+                log.error("cannot record delivery %s: %s", outgoing.delivery.id, error)
+        return recorded
 
     def _deliver(self, outgoing: Outgoing) -> WebhookDelivery:
         try:

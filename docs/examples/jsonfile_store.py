@@ -216,7 +216,7 @@ class JsonFileTransaction(Transaction):
             del deliveries[key]
         runs = self._write("runs")
         for run_id in run_ids:
-            del runs[run_id]
+            runs.pop(run_id, None)  # a run deleted before: only its deliveries were left
 
     def insert_run(self, run: Run) -> None:
         self._write("runs")[run.id] = run

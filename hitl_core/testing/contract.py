@@ -1368,6 +1368,24 @@ class HitlContract:
         kept = hitl.runs.create(metadata={"k": "nul\x00"})
         assert hitl.runs.get(kept.id).metadata == {"k": "nul\x00"}
 
+    def test_webhook_ids_are_checked_like_every_id(self, hitl: hitl_core.Hitl) -> None:
+        for bad in (5, "w" * 1000):
+            for call in (
+                lambda b=bad: hitl.webhooks.get(b),
+                lambda b=bad: hitl.webhooks.delete(b),
+                lambda b=bad: hitl.webhooks.update(b, active=False),
+                lambda b=bad: hitl.webhooks.list_deliveries(b),
+                lambda b=bad: hitl.webhooks.record(b, attempt=1),
+            ):
+                refused(hitl, ValidationError, "invalid_request", call)
+
+    def test_an_exception_holding_a_nul_still_fails_the_run(self, hitl: hitl_core.Hitl) -> None:
+        run = self.approval_run(hitl)
+        hitl.agent(run.id).request_tool("t")
+        failed = hitl.agent(run.id).fail(ValueError("bad header b'\x89PNG\x00'"))
+        assert failed.status == "failed" and "\x00" not in (failed.error or "")
+        assert "PNG" in (hitl.runs.get(run.id).error or "")
+
     def test_odd_json_is_refused_not_a_crash(self, hitl: hitl_core.Hitl) -> None:
         loop: dict[str, Any] = {}
         loop["self"] = loop
@@ -1578,6 +1596,22 @@ class HitlContract:
             hitl, ValidationError, "invalid_request", lambda: agent.save_checkpoint({1: object()})
         )
 
+    def test_an_ended_run_is_refused_before_any_argument_is_looked_at(
+        self, hitl: hitl_core.Hitl
+    ) -> None:
+        run = self.approval_run(hitl)
+        hitl.runs.cancel(run.id)
+        agent = hitl.agent(run.id)
+        for call in (
+            lambda: agent.ask([QUESTION], key=""),
+            lambda: agent.propose_plan("p", key=""),
+            lambda: agent.request_tool("t", key=""),
+            lambda: hitl.runs.claim(run.id, worker=""),
+            lambda: hitl.runs.claim(run.id, worker="w", seconds=0),
+        ):
+            refused(hitl, ConflictError, "run_not_active", call)
+        refused(hitl, NotFoundError, "run_not_found", lambda: hitl.runs.claim("run_x", worker=""))
+
     # -- keyed requests: a replaying host opens nothing twice -----------------------------
     def test_a_key_names_one_request_per_run(self, hitl: hitl_core.Hitl) -> None:
         run = self.approval_run(hitl)
@@ -1635,6 +1669,13 @@ class HitlContract:
         log = hitl.webhooks.list_deliveries(endpoint.id).data
         assert [(d.run_id, d.status) for d in log] == [(recent.id, "pending")]
         assert hitl.runs.prune(before=clock.now() - 50) == 0
+        # a delivery still pending when its run is pruned is sent, then goes too
+        clock.advance(100)
+        assert hitl.runs.prune(before=clock.now()) == 1  # recent, its delivery pending
+        (due,) = hitl.webhooks.claim()
+        assert due.delivery.run_id == recent.id
+        hitl.webhooks.record(due.delivery.id, attempt=1, status_code=200)
+        assert hitl.webhooks.list_deliveries(endpoint.id).data == []
         refused(hitl, ValidationError, "invalid_request", lambda: hitl.runs.prune(before="x"))
 
     # -- SPEC 14: waiting ------------------------------------------------------------------

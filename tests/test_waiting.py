@@ -1,0 +1,111 @@
+"""Waiting, where it is easy to get wrong: a process forked after its parent waited,
+timeouts too large for the platform's timers, a deadline passing under the system clock
+while `events.wait` follows the log, and a wait on a closed engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import hitl_core
+from hitl_core import ConflictError
+
+APPROVE = """
+import sys, hitl_core
+with hitl_core.connect(sys.argv[1]) as hitl:
+    (request,) = hitl.runs.pending()
+    hitl.runs.approve(request.run_id, request_id=request.request_id, actor="approver")
+"""
+
+
+def _approval_run(hitl: hitl_core.Hitl, **options: object) -> hitl_core.Run:
+    return hitl.runs.create(human_in_the_loop=True, permission_mode="approval", **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_is_woken_by_another_processes_decision(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    hitl = hitl_core.connect(url)
+    warm = _approval_run(hitl)  # the parent has waited once: its feed is running
+    gate = hitl.agent(warm.id).request_tool("x")
+    assert gate.request_id is not None
+    hitl.agent(warm.id).wait(gate.request_id, timeout=0.01)
+    hitl.runs.cancel(warm.id)
+    run = _approval_run(hitl)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            agent = hitl.agent(run.id)
+            opened = agent.request_tool("deploy")
+            started = time.monotonic()
+            assert opened.request_id is not None
+            done = agent.wait(opened.request_id, timeout=30)
+            os.write(write, f"{time.monotonic() - started:.2f} {done.status.value}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 30
+    while not hitl.runs.pending() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    subprocess.run([sys.executable, "-c", APPROVE, url], check=True, timeout=60)
+    os.waitpid(child, 0)
+    seconds, status = os.read(read, 100).decode().split()
+    assert status == "allowed"
+    assert float(seconds) < 20, "the child was not woken by the decision"
+    hitl.close()
+
+
+def test_a_huge_timeout_or_input_timeout_is_a_long_wait_not_a_crash() -> None:
+    clock = hitl_core.ManualClock(start=0.0)
+    with hitl_core.connect("memory://") as hitl:  # the system clock: real-time waits
+        run = _approval_run(hitl, input_timeout=1e10)  # "never suspend"
+        agent = hitl.agent(run.id)
+        gate = agent.request_tool("deploy")
+        assert gate.request_id is not None
+        rid = gate.request_id
+        import threading
+
+        threading.Timer(0.2, lambda: hitl.runs.approve(run.id, request_id=rid)).start()
+        assert agent.wait(rid).status == "allowed"
+        assert agent.wait(rid, timeout=1e300).status == "allowed"
+        assert hitl.events.wait(after=hitl.events.last_id(), timeout=0.01) == []
+        threading.Timer(0.2, hitl.runs.create).start()
+        assert hitl.events.wait(after=hitl.events.last_id(), timeout=1e12)
+    assert clock.now() == 0.0
+
+
+def test_events_wait_returns_when_a_deadline_passes_under_the_system_clock() -> None:
+    with hitl_core.connect("memory://") as hitl:
+        run = _approval_run(hitl, input_timeout=0.3)
+        hitl.agent(run.id).request_tool("deploy")
+        seen = hitl.events.last_id()
+        started = time.monotonic()
+        events = hitl.events.wait(after=seen, timeout=20)
+        assert [e.type for e in events] == ["run.suspended"]
+        assert time.monotonic() - started < 10  # at the deadline, not at the timeout
+        mine = hitl.events.wait(after=events[-1].id, run_id=run.id, timeout=0.01)
+        assert mine == []
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_waiting_on_a_closed_engine_is_409_closed(tmp_path: Path, store: str) -> None:
+    url = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'h.db'}"
+    hitl = hitl_core.connect(url)
+    run = _approval_run(hitl)
+    agent = hitl.agent(run.id)
+    gate = agent.request_tool("deploy")
+    assert gate.request_id is not None
+    hitl.close()
+    for call in (
+        lambda: agent.wait(gate.request_id, timeout=1),  # type: ignore[arg-type]
+        lambda: hitl.events.wait(timeout=1),
+    ):
+        with pytest.raises(ConflictError) as caught:
+            call()
+        assert caught.value.code == "closed"
