@@ -1018,6 +1018,7 @@ def _statements() -> dict[str, str]:
         name: value
         for name, value in vars(_rows).items()
         if name.isupper()
+        and not name.startswith("_")  # fragments of statements
         and isinstance(value, str)
         and value.split()[0] in ("SELECT", "INSERT", "UPDATE", "DELETE")
     }
