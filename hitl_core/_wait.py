@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
@@ -101,6 +102,9 @@ class Waiters:
         self._start_lock = threading.Lock()
         self._by_run: dict[str, set[Waiter]] = {}
         self._started = False
+        self._starting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
         self._has_feed = False
         self._stops: list[Callable[[], None]] = []
 
@@ -146,6 +150,16 @@ class Waiters:
             with self._start_lock:  # not the waiters' lock: a store may connect here
                 if not self._started:
                     self._start()
+
+    async def _start_off_loop(self) -> None:
+        """`start` in a thread, once for all the waits of a loop that begin before it is
+        done: a thousand waits begun together share one call (and one thread of the
+        loop's executor) instead of each asking for one."""
+        loop = asyncio.get_running_loop()
+        starting = self._starting.get(loop)
+        if starting is None or (starting.done() and not self.started):
+            starting = self._starting[loop] = loop.run_in_executor(None, self.start)
+        await asyncio.shield(starting)  # one wait cancelled does not cancel the others'
 
     def _start(self) -> None:
         stop = self._store.subscribe(self._changed)
@@ -228,7 +242,7 @@ class Waiters:
     ) -> T:
         """`wait` for asyncio: the same looks, awaited; blocking holds no thread."""
         if not self.started:  # subscribing may touch the store: off the event loop
-            await asyncio.to_thread(self.start)
+            await self._start_off_loop()
         waiter = self.add(key, asyncio.get_running_loop())
         try:
             end = None if timeout is None else self._clock.now() + timeout
