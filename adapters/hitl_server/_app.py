@@ -84,21 +84,38 @@ def _refusal(error: Exception) -> JSONResponse:
     return envelope(500, "internal_error", "the server failed; see its log")
 
 
+DRAIN = 8
+"""A refused body up to this many times the limit is read to its end (and dropped)
+before the 413 goes out: a client still sending when the server closes gets a broken
+pipe instead of the answer. A larger one is cut off at once."""
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "invalid_request", "Content-Length is not a number")
         if int(declared) > limit:
+            if int(declared) <= DRAIN * limit:
+                await _drain(request, 0, DRAIN * limit)
             raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
+            await _drain(request, size, DRAIN * limit)
             raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _drain(request: Request, read: int, cap: int) -> None:
+    """Read and drop the rest of a refused body, up to `cap` bytes in all."""
+    async for chunk in request.stream():
+        read += len(chunk)
+        if read > cap:
+            return
 
 
 def _no_constants(name: str) -> Any:
