@@ -345,3 +345,22 @@ def test_hitl_approve_in_another_process_answers_the_waiting_callback(
         else {"behavior": "deny", "message": "not on a Friday"}
     )
     assert cli.answers["toolu_1"] == expected and result.result == "done"
+
+
+def test_the_callback_on_the_asyncio_engine_waits_without_a_thread_and_is_allowed() -> None:
+    import hitl_core.aio
+
+    engine = hitl_core.aio.connect("memory://")
+    sync = engine.sync  # the same engine, for the person's side
+    run = approval_run(sync)
+
+    async def person() -> None:
+        [request] = await pending(sync)
+        await engine.runs.approve(run.id, request_id=request.request_id, actor="bob")
+
+    cli, result = play(
+        can_use_tool(engine, run.id), [[("Bash", {"command": "make test"})], "done"], person
+    )
+    assert cli.answers["toolu_1"]["behavior"] == "allow"
+    assert result.result == "done" and sync.runs.permissions(run.id)[0].actor == "bob"
+    asyncio.run(engine.close())
