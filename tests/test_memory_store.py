@@ -4,11 +4,14 @@ rollbacks that leave no stale index entries behind."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 from hitl_memory import MemoryStore
 
 from hitl_core import PermissionPolicy, PermissionRequest, RequestStatus, Run, RunStatus, StoreError
+from hitl_core.testing.helpers import snapshot
 
 
 def run(run_id: str, deadline: float | None = None) -> Run:
@@ -119,3 +122,33 @@ def test_a_duplicate_run_id_is_refused_like_sqlite_does() -> None:
     with pytest.raises(StoreError) as caught, store.transaction(write=True) as tx:
         tx.insert_run(run("run_a"))
     assert caught.value.code == "store_constraint"
+
+
+def test_a_call_that_fails_after_appending_several_events_rolls_back_whole() -> None:
+    """A cancel appends two events of one run at once; a failure after that must undo the
+    run, the request and both events, and surface the original error."""
+    import hitl_core
+
+    class Boom(Exception):
+        pass
+
+    class FailingStore(MemoryStore):
+        armed = False
+
+        def append_events(self, events: Any) -> None:
+            super().append_events(events)
+            if self.armed:
+                self.armed = False
+                raise Boom("failure after the events were written")
+
+    store = FailingStore()
+    hitl = hitl_core.connect(store, clock=hitl_core.ManualClock(start=0.0))
+    run = hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
+    hitl.agent(run.id).request_tool("gmail.send", {"to": "x"})
+    before = snapshot(hitl)
+    store.armed = True
+    with pytest.raises(Boom):
+        hitl.runs.cancel(run.id)
+    assert snapshot(hitl) == before
+    assert hitl.runs.cancel(run.id).status == "cancelled"
+    assert [e.type for e in hitl.events.list()][-1] == "run.cancelled"

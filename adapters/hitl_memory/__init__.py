@@ -802,7 +802,7 @@ class MemoryStore(Store, Transaction):
             del column[start:]
         for run_id, entry, first, last in reversed(links):
             entry.first_event, entry.last_event = first, last
-            if last is not None:
+            if last is not None and last < start:  # an event appended here is gone already
                 self._event_next[last] = None
             if entry.run is None and entry.requests is None and first is None:
                 self._runs.pop(run_id, None)
