@@ -320,6 +320,34 @@ def test_the_login_refuses_wrong_passwords_forms_and_names(server: LiveInbox) ->
     assert stranger.send("/")[0] == 303
 
 
+def test_wrong_sign_ins_never_hold_up_a_right_one(server: LiveInbox) -> None:
+    """Guessers are slowed down and then turned away (429), but a person with the right
+    password signs in at once, however many wrong attempts are in flight."""
+    guessers = [Client(server.url) for _ in range(30)]
+    tokens = [guesser.csrf() for guesser in guessers]
+    answers: list[int] = []
+
+    def guess(guesser: Client, token: str) -> None:
+        answers.append(guesser.send("/login", {"csrf": token, "name": "x", "password": "guess"})[0])
+
+    threads = [
+        threading.Thread(target=guess, args=pair) for pair in zip(guessers, tokens, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)  # the guesses are in flight
+    person = Client(server.url)
+    token = person.csrf()
+    started = time.monotonic()
+    status, _, _ = person.send("/login", {"csrf": token, "name": "alice", "password": PASSWORD})
+    waited = time.monotonic() - started
+    for thread in threads:
+        thread.join(30)
+    assert status == 303
+    assert waited < 3.0, f"the right password waited {waited:.1f} s behind the guesses"
+    assert set(answers) <= {401, 429} and 429 in answers  # guessing is throttled
+
+
 def test_a_signed_in_session_decides_and_signs_out(server: LiveInbox) -> None:
     run_id, request_id = tool_call(server.db, "crm.update", {"id": 1})
     client = Client(server.url)

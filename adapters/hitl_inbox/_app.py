@@ -5,6 +5,7 @@ events stream for live updates, strict security headers on every response."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import secrets
@@ -33,6 +34,8 @@ __all__ = ["SESSION_COOKIE", "create_app"]
 
 SESSION_COOKIE = "hitl_inbox"
 FLASH_COOKIE = "hitl_inbox_notice"
+WRONG_PER_SECOND = 5
+"""Wrong sign-ins accepted (each answered after 0.5 s) in any one second; more are 429."""
 FORM_LIMIT = 256 * 1024
 """The largest form body accepted (bytes)."""
 STREAM_LIMIT = 100
@@ -108,7 +111,7 @@ class Inbox:
         self.signer = Signer(secret or secrets.token_bytes(32))
         self.lifetime = session_hours * 3600.0
         self.feed = Feed(hitl, interval=poll_interval, changes=changes)
-        self.login_lock = asyncio.Lock()
+        self.wrong_logins: collections.deque[float] = collections.deque()
 
     # -- sessions --------------------------------------------------------------------
     def session(self, request: Request) -> Session | None:
@@ -174,10 +177,20 @@ class Inbox:
         if session is None:  # no cookie: the form did not come from our login page
             return RedirectResponse("/login", status_code=303)
         form = await self.checked_form(request, session)
-        async with self.login_lock:  # one attempt at a time; a wrong one takes 0.5 s
-            good = password_matches(form.get("password"), self.password)
-            if not good:
-                await asyncio.sleep(0.5)
+        good = password_matches(form.get("password"), self.password)
+        if not good:
+            # a wrong password waits 0.5 s, and beyond WRONG_PER_SECOND wrong ones a second
+            # (from anyone) the rest are turned away at once: guessing is slow, while the
+            # right password never waits behind the guesses
+            now = time.monotonic()
+            recent = self.wrong_logins
+            while recent and recent[0] < now - 1.0:
+                recent.popleft()
+            if len(recent) >= WRONG_PER_SECOND:
+                page = login_page(session.csrf, error="Too many wrong sign-ins; wait a moment.")
+                return HTMLResponse(page, status_code=429, headers={"Retry-After": "1"})
+            recent.append(now)
+            await asyncio.sleep(0.5)
         name = valid_name(form.get("name"))
         if not good or name is None:
             error = (
