@@ -520,10 +520,11 @@ def cmd_inbox(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    store, _ = open_store(args.db)
+    store, shown = open_store(args.db)
     try:
         hitl_inbox.serve(
             store,
+            shown=shown,
             host=args.host,
             port=args.port,
             password=password,

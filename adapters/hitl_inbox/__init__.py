@@ -22,14 +22,16 @@ PASSWORD_ENV = "HITL_INBOX_PASSWORD"
 def serve(
     store_url: str | hitl_core.Store,
     *,
+    shown: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8001,
     password: str,
     poll_interval: float = 0.2,
     announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve the inbox on host:port until SIGINT or SIGTERM. `port=0` picks a free port;
-    `announce` receives the page's URL once the socket is bound."""
+    """Serve the inbox on host:port until SIGINT or SIGTERM, on the store at `store_url`
+    (a URL, or an open Store that `shown` names in the first line). `port=0` picks a free
+    port; `announce` receives the page's URL once the socket is bound."""
     import uvicorn
     from hitl_server import listen, run_until_signalled
 
@@ -50,7 +52,7 @@ def serve(
             timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)
-        (announce or _print)(f"hitl inbox: http://{address}/ (store {store_url})")
+        (announce or _print)(f"hitl inbox: http://{address}/ (store {shown or store_url})")
         run_until_signalled(server, sock, app.state.inbox.feed.close)
 
 
