@@ -38,6 +38,11 @@ POLL_MAX = 1.0
 MAX_BLOCK = 3600.0
 """The longest a waiter blocks before it looks again, whatever its timeout: timers of
 the platform have limits, and an hourly look costs nothing."""
+SIGNAL_SLICE = 0.2
+"""The main thread blocks in slices this long (real seconds; it does not look again
+between them): Python runs signal handlers (Ctrl-C, SIGTERM) only in the main thread and
+only once its blocking call returns, and a signal the kernel delivers to another thread,
+or just before the main thread blocks, does not cut that call short."""
 
 
 class Waiter:
@@ -67,8 +72,18 @@ class Waiter:
             future.set_result(None)
 
     def block(self, seconds: float | None) -> None:
-        """Wait (in a thread) until woken or `seconds` pass (None: no time limit)."""
-        self.event.wait(seconds)
+        """Wait (in a thread) until woken or `seconds` pass (None: no time limit); in the
+        main thread, in slices of SIGNAL_SLICE so that signal handlers run promptly."""
+        if threading.current_thread() is not threading.main_thread():
+            self.event.wait(seconds)
+            return
+        left = seconds
+        while left is None or left > 0:
+            part = SIGNAL_SLICE if left is None else min(left, SIGNAL_SLICE)
+            if self.event.wait(part):
+                return
+            if left is not None:
+                left -= part
 
     async def block_async(self, seconds: float | None) -> None:
         """Wait (in an asyncio task, holding no thread) until woken or `seconds` pass."""

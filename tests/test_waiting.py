@@ -1,12 +1,15 @@
 """Waiting, where it is easy to get wrong: a process forked after its parent waited,
 timeouts too large for the platform's timers, a deadline passing under the system clock
-while `events.wait` follows the log, and a wait on a closed engine."""
+while `events.wait` follows the log, a wait on a closed engine, and a signal that lands in
+another thread while the main thread waits."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -109,3 +112,43 @@ def test_waiting_on_a_closed_engine_is_409_closed(tmp_path: Path, store: str) ->
         with pytest.raises(ConflictError) as caught:
             call()
         assert caught.value.code == "closed"
+
+
+class _Signalled(Exception):
+    pass
+
+
+def _raise_signalled(signum: int, frame: object) -> None:
+    raise _Signalled
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
+@pytest.mark.parametrize("call", ["agent.wait", "events.wait"])
+def test_a_signal_caught_by_another_thread_interrupts_the_main_threads_wait(call: str) -> None:
+    # Python runs signal handlers in the main thread, but the kernel may deliver the
+    # signal to any thread (a store's watcher, a pool's worker), or just before the main
+    # thread blocks; the wait must still let the handler run soon (Ctrl-C, SIGTERM), not
+    # at its timeout. `hitl events --follow` ignored SIGTERM this way now and then.
+    previous = signal.signal(signal.SIGUSR1, _raise_signalled)
+    try:
+        with hitl_core.connect("memory://") as hitl:
+            run = _approval_run(hitl)
+            agent = hitl.agent(run.id)
+            gate = agent.request_tool("deploy")
+            assert gate.request_id is not None
+            rid = gate.request_id
+
+            def signal_this_thread() -> None:
+                time.sleep(0.2)
+                signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+
+            threading.Thread(target=signal_this_thread).start()
+            started = time.monotonic()
+            with pytest.raises(_Signalled):
+                if call == "agent.wait":
+                    agent.wait(rid, timeout=30)
+                else:
+                    hitl.events.wait(after=hitl.events.last_id(), timeout=30)
+            assert time.monotonic() - started < 15, "the handler ran only at the timeout"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
