@@ -387,3 +387,18 @@ def test_an_older_servers_waiting_agents_are_taken_over(
     approve_until_done([server], [wire])
     played_once(engine, wire, ["old.one", "old.two"])
     assert os.path.exists(f"{db}.serve")
+
+
+def test_runs_of_other_hosts_on_the_store_do_not_starve_the_servers_agents(
+    servers: Servers, engine: hitl_core.Hitl
+) -> None:
+    """A library host on the same store that holds no leases keeps its running runs
+    claimable; more of them than one scan looks at must not hide the server's own."""
+    foreign = [engine.runs.create() for _ in range(1100)]
+    assert len(engine.runs.claimable(limit=1000)) == 1000
+    server = servers.start()
+    runs = [create(server, "tool:t.one") for _ in range(2)]
+    approve_until_done([server], runs, timeout=30)
+    for run in runs:
+        played_once(engine, run, ["t.one"])
+    assert all(engine.runs.get(r.id).lease_worker is None for r in foreign[:5])

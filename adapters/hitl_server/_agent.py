@@ -48,6 +48,8 @@ LEASE_SECONDS = 30.0
 SCAN_LIMIT = 1000
 """The most claimable runs looked at in one scan."""
 EVENT_BATCH = 1000
+NEEDS_A_LOOK = frozenset({"run.started", "run.resumed", "request.resolved"})
+"""Events after which a run no server holds may need one: it is new, or it can go on."""
 BUSY_PAUSE = 0.5
 """How long an agent waits before trying again when the store was busy."""
 MOVES_PER_PASS = 100
@@ -100,6 +102,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._cursor: str | None = None
         self._rescan = True
+        self._candidates: set[str] = set()
         self._scan_at = 0.0
         self._tick_at = 0.0
 
@@ -170,8 +173,8 @@ class Worker:
                         found = self._held.get(event.run_id)
                         if found is not None:
                             found.dirty = True
-                        else:  # maybe a run that needs a server now
-                            self._rescan = True
+                        elif event.type in NEEDS_A_LOOK:  # maybe a run that needs a server
+                            self._candidates.add(event.run_id)
 
     def _pass(self, now: float) -> None:
         """Apply passed deadlines, claim what needs claiming, renew leases that are due,
@@ -181,6 +184,8 @@ class Worker:
             self.hitl.tick()
         if self._rescan or now >= self._scan_at:
             self._scan(now)
+        if self._candidates:
+            self._look_at_candidates(now)
         for held in list(self._held.values()):
             if held.lease.expires_at - now <= self.lease_seconds * 2 / 3:
                 self._renew(held)
@@ -207,27 +212,43 @@ class Worker:
         """Claim the runs of `hitl serve` agents that no live lease holds."""
         self._rescan = False
         self._scan_at = now + self.lease_seconds / 3
-        taken = 0
-        for run in self.hitl.runs.claimable(limit=SCAN_LIMIT):
-            if run.id in self._held or not is_serve_checkpoint(run.checkpoint):
+        runs = self.hitl.runs.claimable(limit=SCAN_LIMIT)
+        return sum(self._adopt(run) for run in runs if run.id not in self._held)
+
+    def _look_at_candidates(self, now: float) -> None:
+        """Claim the runs named by recent events that may need a server: found by id, not
+        by the scan, whose first SCAN_LIMIT claimable runs may all be other hosts'."""
+        candidates, self._candidates = self._candidates, set()
+        for run_id in candidates:
+            if run_id in self._held:
                 continue
             try:
-                lease = self.hitl.runs.claim(run.id, worker=self.name, seconds=self.lease_seconds)
-            except (ConflictError, NotFoundError):  # another server was first, or it ended
+                run = self.hitl.runs.get(run_id)
+            except NotFoundError:
                 continue
-            agent = self.hitl.agent(run.id, lease=lease)
-            current = agent.run()  # read after the claim: the last holder's last checkpoint
-            try:
-                program, progress = read_checkpoint(current.checkpoint)
-            except ValueError as error:
-                log.error("run %s: %s; failing it", run.id, error)
-                with contextlib.suppress(HitlError):
-                    agent.fail(f"the simulated agent cannot be resumed: {error}")
-                continue
-            saved = progress.to_json()
-            self._held[run.id] = _Held(agent, lease, program, progress, saved)
-            taken += 1
-        return taken
+            if run.status == "running" and run.lease_at(now) is None:
+                self._adopt(run)
+
+    def _adopt(self, run: hitl_core.Run) -> bool:
+        """Claim `run` if it is a `hitl serve` agent's, and play it from its checkpoint."""
+        if not is_serve_checkpoint(run.checkpoint):
+            return False
+        try:
+            lease = self.hitl.runs.claim(run.id, worker=self.name, seconds=self.lease_seconds)
+        except (ConflictError, NotFoundError):  # another server was first, or it ended
+            return False
+        agent = self.hitl.agent(run.id, lease=lease)
+        current = agent.run()  # read after the claim: the last holder's last checkpoint
+        try:
+            program, progress = read_checkpoint(current.checkpoint)
+        except ValueError as error:
+            log.error("run %s: %s; failing it", run.id, error)
+            with contextlib.suppress(HitlError):
+                agent.fail(f"the simulated agent cannot be resumed: {error}")
+            return False
+        saved = progress.to_json()
+        self._held[run.id] = _Held(agent, lease, program, progress, saved)
+        return True
 
     def _renew(self, held: _Held) -> None:
         try:
