@@ -115,6 +115,13 @@ def card(page: Any, request_id: str) -> Any:
     return page.locator(f"#c-{request_id}")
 
 
+def filter_list(page: Any) -> None:
+    """Press Filter and let the filtered page load whole (the click returns once the
+    navigation commits, while the cards may still be arriving)."""
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_load_state("load")
+
+
 def notice(page: Any) -> str:
     text: str = page.locator("#notice").inner_text()
     return text
@@ -215,22 +222,23 @@ def test_the_list_shows_every_kind_the_oldest_and_suspended_first_and_filters(
     assert "Shorter" in shown_plan.locator(".previous").inner_text()
 
     page.select_option("#f-tool", "t:slack.post")
-    page.get_by_role("button", name="Filter").click()
+    filter_list(page)
     assert page.locator("article.card").count() == 1 and card(page, tool).is_visible()
 
     page.goto(server.url + "/")
     page.select_option("#f-user", "u:u-list-other")
-    page.get_by_role("button", name="Filter").click()
+    filter_list(page)
     assert [c.get_attribute("data-request") for c in page.locator("article.card").all()] == [other]
 
     page.select_option("#f-user", "u:u-list")
     page.select_option("#f-tool", "")
     page.select_option("#f-age", "3600")
-    page.get_by_role("button", name="Filter").click()
+    filter_list(page)
     assert [c.get_attribute("data-request") for c in page.locator("article.card").all()] == [
         old_request.request_id
     ]
     page.get_by_role("link", name="Show all").click()
+    page.wait_for_load_state("load")
     assert page.locator("article.card").count() >= 5
 
 
