@@ -152,3 +152,38 @@ def test_a_signal_caught_by_another_thread_interrupts_the_main_threads_wait(call
             assert time.monotonic() - started < 15, "the handler ran only at the timeout"
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_decision_committed_while_the_sqlite_feed_starts_ends_the_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first wait starts the store's watcher thread; a decision committed by another
+    # connection after the wait's first look but before the watcher read its starting
+    # point was taken as already seen, and the wait slept to its timeout (or deadline).
+    # Slowing the watcher's start makes the window certain.
+    from hitl_sqlite import _watch
+
+    original = _watch.Watcher._loop
+
+    def slow_start(self: _watch.Watcher, db: object) -> None:
+        time.sleep(0.5)
+        original(self, db)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_watch.Watcher, "_loop", slow_start)
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    with hitl_core.connect(url) as waiting, hitl_core.connect(url) as deciding:
+        run = _approval_run(waiting)
+        gate = waiting.agent(run.id).request_tool("deploy")
+        assert gate.request_id is not None
+        rid = gate.request_id
+        found: list[hitl_core.PermissionRequest] = []
+        waiter = threading.Thread(
+            target=lambda: found.append(waiting.agent(run.id).wait(rid, timeout=20))
+        )
+        started = time.monotonic()
+        waiter.start()
+        time.sleep(0.2)  # the wait has looked once; the watcher is still starting
+        deciding.runs.approve(run.id, request_id=rid, actor="bob")
+        waiter.join(30)
+        assert [r.status for r in found] == ["allowed"]
+        assert time.monotonic() - started < 10, "the wait slept through the decision"

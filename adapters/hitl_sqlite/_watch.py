@@ -101,6 +101,9 @@ class Watcher:
     def _loop(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA data_version").fetchone()[0]
         last = db.execute(_LAST).fetchone() or (0, None)
+        # What was committed before this starting point is never told: the listeners
+        # that looked while this thread was starting must look again.
+        self.tell(None)
         interval = MAX_INTERVAL
         while not self._stopped.wait(interval):
             now = db.execute("PRAGMA data_version").fetchone()[0]
