@@ -3,12 +3,15 @@ port of 127.0.0.1), started and stopped around the tests that use it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -136,6 +139,51 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         code, err = server.stop()
         assert code == 0, err
         assert "Traceback" not in err, err
+
+
+def loop_stall_while_sqlite_is_locked(db: Path, work: Any) -> tuple[float, Any]:
+    """Run the coroutine `work()` while another connection holds the SQLite write lock
+    for a second; the longest gap between the ticks of a 10 ms ticker in the same loop."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(1.0)
+        other.execute("COMMIT")
+        other.close()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    locked.wait(10)
+
+    async def main() -> tuple[float, Any]:
+        gaps: list[float] = []
+        done = False
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while not done:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        try:
+            result = await work()
+        finally:
+            done = True
+            await ticker
+        return max(gaps), result
+
+    try:
+        return asyncio.run(main())
+    finally:
+        release.set()
+        holder.join(10)
+
 
 
 # The PostgreSQL server and a fresh schema per test (tests/postgres_server.py).

@@ -20,6 +20,7 @@ import pytest
 pytest.importorskip("langchain", reason="pip install -e '.[langgraph]'")
 
 import hitl_langgraph as hl
+from conftest import loop_stall_while_sqlite_is_locked
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
@@ -362,6 +363,28 @@ def test_the_async_graph_is_gated_the_same_way(hitl: hitl_core.Hitl) -> None:
     out = asyncio.run(scenario())
     assert tools.ran == ["send_email:a"] and out["messages"][-1].content == "done"
 
+
+def test_the_async_gate_does_not_block_the_event_loop_while_the_store_waits(
+    tmp_path: Path,
+) -> None:
+    # awrap_tool_call runs in the graph's loop; the engine is synchronous, so a store call
+    # waiting for a lock froze every task of the loop. It runs off the loop now, and
+    # interrupt() still pauses the graph from there.
+    db = tmp_path / "h.db"
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        tools = Tools()
+        run = approval_run(engine)
+        graph, _ = make_agent(engine, [calls(("c1", "send_email", {"to": "a"})), DONE], tools)
+        config = hl.run_config(run.id)
+        stall, _ = loop_stall_while_sqlite_is_locked(
+            db, lambda: graph.ainvoke({"messages": [("user", "go")]}, config)
+        )
+        (request_id,) = hl.waiting_on(graph, config)  # paused for a person
+        assert tools.ran == []
+        assert stall < 0.5, f"the event loop stood still for {stall:.2f} s"
+        engine.runs.approve(run.id, request_id=request_id)
+        out = asyncio.run(graph.ainvoke(hl.resume_command(graph, config), config))
+        assert tools.ran == ["send_email:a"] and out["messages"][-1].content == "done"
 
 def test_the_run_can_come_from_the_runtime_context(hitl: hitl_core.Hitl) -> None:
     tools = Tools()

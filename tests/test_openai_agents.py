@@ -31,6 +31,7 @@ from agents import (
 )
 from agents.exceptions import UserError
 from agents.testing import ScriptedModel, assistant_message, function_call
+from conftest import loop_stall_while_sqlite_is_locked
 from hitl_openai_agents import HitlGate
 
 import hitl_core
@@ -418,3 +419,18 @@ def test_hitl_approve_in_another_process_resumes_a_restarted_host(
         assert tool_output == "sent to cfo" and (tmp_path / "sent.txt").read_text() == "cfo\n"
     else:
         assert tool_output == "wrong recipient" and not (tmp_path / "sent.txt").exists()
+
+
+def test_the_gate_does_not_block_the_event_loop_while_the_store_waits(tmp_path: Path) -> None:
+    # needs_approval and the guardrail are coroutines of the SDK's loop; the engine is
+    # synchronous, so a store call that waits for a lock froze every task of the loop.
+    db = tmp_path / "h.db"
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        run = approval_run(engine)
+        _, agent, _, tools = setup(engine, [mail(("c1", "a@x"))])
+        stall, result = loop_stall_while_sqlite_is_locked(
+            db, lambda: Runner.run(agent, "go", context={"hitl_run_id": run.id})
+        )
+        assert [i.call_id for i in result.interruptions] == ["c1"]  # paused for a person
+        assert tools.ran == []
+        assert stall < 0.5, f"the event loop stood still for {stall:.2f} s"

@@ -4,6 +4,7 @@ with a denial, or pauses the graph with `interrupt()` until hitl-core holds a de
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -216,8 +217,9 @@ class ToolGateCore:
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], Awaitable[ToolResult]],
     ) -> ToolResult:
-        """`awrap_tool_call`: the same, for async graphs."""
-        decided = self.decide(request)
+        """`awrap_tool_call`: the same, for async graphs; the engine's synchronous store
+        calls run off the event loop (with the graph's context, so `interrupt()` works)."""
+        decided = await asyncio.to_thread(self.decide, request)
         return decided if isinstance(decided, ToolMessage) else await handler(decided)
 
 

@@ -5,6 +5,7 @@ hitl-core's decisions to a paused `RunState` and resume it. Needs
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import json
@@ -78,7 +79,9 @@ class HitlGate:
             ctx: RunContextWrapper[Any], params: dict[str, Any], call_id: str
         ) -> bool:
             # denied at once (remembered, plan not approved): no pause; the guardrail answers
-            return self._ask(ctx.context, name, params, call_id).status == "pending"
+            # (the engine is synchronous: its store call runs off the event loop)
+            gate = await asyncio.to_thread(self._ask, ctx.context, name, params, call_id)
+            return gate.status == "pending"
 
         setattr(needs_approval, _MARK, True)
         gated = copy.copy(function_tool)
@@ -91,10 +94,14 @@ class HitlGate:
         key = _call_key(call_id, arguments)
         return agent.request_tool(name, arguments, safe=name in self.safe_tools, key=key)
 
-    def _guard(self, data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:
+    async def _guard(self, data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:
         tool = data.context
-        gate = self._ask(
-            tool.context, tool.tool_name, _arguments(tool.tool_arguments), tool.tool_call_id
+        gate = await asyncio.to_thread(
+            self._ask,
+            tool.context,
+            tool.tool_name,
+            _arguments(tool.tool_arguments),
+            tool.tool_call_id,
         )
         if gate.status == "allowed":
             return ToolGuardrailFunctionOutput.allow()
