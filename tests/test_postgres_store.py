@@ -518,14 +518,20 @@ def test_a_tick_that_suspends_many_runs_tells_about_each(pg_url: str) -> None:
             hitl.agent(run.id).request_tool("t")
             runs.append(run.id)
         told: set[str] = set()
-        done = threading.Event()
+        done, live = threading.Event(), threading.Event()
 
         def listener(run_ids: Any) -> None:
+            live.set()  # anything told: the feed is listening, commits are told from now on
             told.update(run_ids or ())
             if told >= set(runs):
                 done.set()
 
         hitl._store.subscribe(listener)
+        for _ in range(300):  # a commit before LISTEN is in place would be told only as None
+            if live.wait(0.1):
+                break
+            hitl.runs.create()  # a probe, told once the feed listens
+        assert live.is_set()
         clock.advance(100)
         assert len(hitl.tick()) == 250
         assert done.wait(30), len(told)
