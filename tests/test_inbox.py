@@ -6,6 +6,7 @@ a clean stop while a stream is open). The browser tests are in test_inbox_browse
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.client
 import http.cookiejar
 import json
@@ -239,9 +240,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveInbox]:
 
 
 class Client:
-    """A cookie-keeping HTTP client that does not follow redirects."""
+    """A cookie-keeping HTTP client that does not follow redirects; `source` is the
+    loopback address it connects from (127.0.0.1 by default)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, source: str | None = None) -> None:
         self.url = url
         self.jar = http.cookiejar.CookieJar()
 
@@ -249,8 +251,15 @@ class Client:
             def redirect_request(self, *args: Any) -> None:
                 return None
 
+        class From(urllib.request.HTTPHandler):
+            def http_open(self, req: Any) -> Any:
+                address = None if source is None else (source, 0)
+                return self.do_open(
+                    functools.partial(http.client.HTTPConnection, source_address=address), req
+                )
+
         self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(self.jar), Stay()
+            urllib.request.HTTPCookieProcessor(self.jar), Stay(), From()
         )
 
     def send(
@@ -320,10 +329,43 @@ def test_the_login_refuses_wrong_passwords_forms_and_names(server: LiveInbox) ->
     assert stranger.send("/")[0] == 303
 
 
+def test_guessing_stays_slow_when_the_right_password_is_among_the_guesses(
+    server: LiveInbox,
+) -> None:
+    """Beyond 5 wrong sign-ins a second from one address, its sign-ins are turned away
+    without a look at the password: a guesser who fires hundreds a second learns nothing
+    from the ones refused (the right password there was let in before)."""
+    guessers = [Client(server.url) for _ in range(20)]  # from 127.0.0.1, a trusted proxy
+    tokens = [guesser.csrf() for guesser in guessers]
+    time.sleep(1.1)  # the wrong sign-ins of earlier tests from this address are forgotten
+    answers: list[int] = []
+
+    def guess(guesser: Client, token: str) -> None:
+        form = {"csrf": token, "name": "x", "password": "guess"}
+        other = {"X-Forwarded-For": f"10.0.0.{len(answers)}"}  # no other address this way
+        answers.append(guesser.send("/login", form, headers=other)[0])
+
+    threads = [
+        threading.Thread(target=guess, args=pair) for pair in zip(guessers, tokens, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers.count(401) == 5 and answers.count(429) == 15, sorted(answers)
+    same_place = Client(server.url)
+    token = same_place.csrf()
+    form = {"csrf": token, "name": "x", "password": PASSWORD}
+    assert same_place.send("/login", form)[0] == 429  # the right one, refused unread
+    time.sleep(1.1)  # a second later the address may try again
+    assert same_place.send("/login", form)[0] == 303
+
+
 def test_wrong_sign_ins_never_hold_up_a_right_one(server: LiveInbox) -> None:
     """Guessers are slowed down and then turned away (429), but a person with the right
-    password signs in at once, however many wrong attempts are in flight."""
-    guessers = [Client(server.url) for _ in range(30)]
+    password at another address signs in at once, however many wrong attempts are in
+    flight."""
+    guessers = [Client(server.url, source="127.0.0.2") for _ in range(30)]
     tokens = [guesser.csrf() for guesser in guessers]
     answers: list[int] = []
 

@@ -50,6 +50,9 @@ def serve(
             lifespan="on",
             server_header=False,
             timeout_graceful_shutdown=5,
+            # the sign-in throttle counts by the connection's own address: a client's
+            # X-Forwarded-For (trusted from 127.0.0.1 by default) would give it any address
+            proxy_headers=False,
         )
         server = uvicorn.Server(config)
         (announce or _print)(f"hitl inbox: http://{address}/ (store {shown or store_url})")

@@ -35,7 +35,10 @@ __all__ = ["SESSION_COOKIE", "create_app"]
 SESSION_COOKIE = "hitl_inbox"
 FLASH_COOKIE = "hitl_inbox_notice"
 WRONG_PER_SECOND = 5
-"""Wrong sign-ins accepted (each answered after 0.5 s) in any one second; more are 429."""
+"""Wrong sign-ins checked (each answered after 0.5 s) from one client address in any one
+second; beyond that, the address's sign-ins are 429 without a look at the password."""
+ADDRESSES_KEPT = 10_000
+"""The most client addresses whose recent wrong sign-ins are remembered."""
 FORM_LIMIT = 256 * 1024
 """The largest form body accepted (bytes)."""
 STREAM_LIMIT = 100
@@ -111,7 +114,8 @@ class Inbox:
         self.signer = Signer(secret or secrets.token_bytes(32))
         self.lifetime = session_hours * 3600.0
         self.feed = Feed(hitl, interval=poll_interval, changes=changes)
-        self.wrong_logins: collections.deque[float] = collections.deque()
+        self.wrong_logins: dict[str, collections.deque[float]] = {}
+        """The times of each client address's wrong sign-ins in the last second."""
 
     # -- sessions --------------------------------------------------------------------
     def session(self, request: Request) -> Session | None:
@@ -177,18 +181,17 @@ class Inbox:
         if session is None:  # no cookie: the form did not come from our login page
             return RedirectResponse("/login", status_code=303)
         form = await self.checked_form(request, session)
+        # Beyond WRONG_PER_SECOND wrong sign-ins a second from one address, its sign-ins
+        # are turned away before the password is read (a refusal says nothing about it),
+        # and each wrong one waits 0.5 s: guessing is slow, while a person at another
+        # address never waits behind the guesses.
+        now = time.monotonic()
+        recent = self._wrong_from(request.client.host if request.client else "", now)
+        if len(recent) >= WRONG_PER_SECOND:
+            page = login_page(session.csrf, error="Too many wrong sign-ins; wait a moment.")
+            return HTMLResponse(page, status_code=429, headers={"Retry-After": "1"})
         good = password_matches(form.get("password"), self.password)
         if not good:
-            # a wrong password waits 0.5 s, and beyond WRONG_PER_SECOND wrong ones a second
-            # (from anyone) the rest are turned away at once: guessing is slow, while the
-            # right password never waits behind the guesses
-            now = time.monotonic()
-            recent = self.wrong_logins
-            while recent and recent[0] < now - 1.0:
-                recent.popleft()
-            if len(recent) >= WRONG_PER_SECOND:
-                page = login_page(session.csrf, error="Too many wrong sign-ins; wait a moment.")
-                return HTMLResponse(page, status_code=429, headers={"Retry-After": "1"})
             recent.append(now)
             await asyncio.sleep(0.5)
         name = valid_name(form.get("name"))
@@ -203,6 +206,21 @@ class Inbox:
         response = RedirectResponse("/", status_code=303)
         self.set_session(response, request, Session.new(time.time(), name))  # a new token
         return response
+
+    def _wrong_from(self, address: str, now: float) -> collections.deque[float]:
+        """The times of `address`'s wrong sign-ins in the second before `now`."""
+        kept = self.wrong_logins
+        recent = kept.get(address)
+        if recent is None:
+            if len(kept) >= ADDRESSES_KEPT:  # forget the addresses quiet for a second
+                for other in [a for a, t in kept.items() if not t or t[-1] < now - 1.0]:
+                    del kept[other]
+                while len(kept) >= ADDRESSES_KEPT:  # then the longest known
+                    del kept[next(iter(kept))]
+            recent = kept[address] = collections.deque()
+        while recent and recent[0] < now - 1.0:
+            recent.popleft()
+        return recent
 
     async def logout(self, request: Request) -> Response:
         """POST /logout: forget the session cookie."""
