@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inbox_support import HITL, PASSWORD, LiveInbox, hitl, tool_call, wait_until
+from inbox_support import HITL, PASSWORD, LiveInbox, hitl, question, request, tool_call, wait_until
 
 import hitl_core
 
@@ -107,7 +107,7 @@ def test_csrf_tokens_and_passwords_compare_exactly() -> None:
 def test_names_are_tidied_and_bad_ones_refused() -> None:
     assert valid_name("  Alice   Smith ") == "Alice Smith"
     assert valid_name("<b>bob</b>") == "<b>bob</b>"  # escaped where shown, kept as typed
-    for bad in ("", "   ", "x" * 81, "al\x00ice", "bob\x9b"):
+    for bad in ("", "   ", "x" * 81, "al\x00ice", "bob\x9b", "mal \u202ebob", "bob\u200b"):
         assert valid_name(bad) is None
 
 
@@ -118,9 +118,46 @@ def test_filters_come_back_from_their_query_and_ignore_junk() -> None:
     assert Filters.parse({"user": "-", "tool": "k:plan"}) == Filters(user="-", tool="k:plan")
     assert Filters.parse({"user": "x", "tool": "k:nope", "age": "59"}) == Filters()
     assert Filters.parse({"age": "-1"}) == Filters() and Filters().query() == ""
+    for junk in ("\u00b2", "\u0663\u0666\u0660\u0660", "9" * 5000):  # isdigit, not int
+        assert Filters.parse({"age": junk}) == Filters()
+
+
+def test_an_error_inside_a_handler_is_a_500_with_the_security_headers() -> None:
+    from hitl_inbox._app import _SecurityHeaders
+
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("a bug")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    asyncio.run(_SecurityHeaders(broken)(scope, receive, send))
+    start = sent[0]
+    assert start["status"] == 500
+    names = {name for name, _ in start["headers"]}
+    assert {b"content-security-policy", b"x-frame-options", b"cache-control"} <= names
 
 
 # -- the follower ---------------------------------------------------------------------------
+
+
+def test_the_live_log_shows_hidden_characters_of_who_decided(tmp_path: Path) -> None:
+    # a decision made elsewhere (the SDK, the CLI) may carry any actor; the page writes
+    # what the follower sends into its live log as text, so the follower writes them out
+    db = tmp_path / "hitl.db"
+    run_id, request_id = tool_call(db, "gmail.send\u202e", {"to": "x"})
+    with hitl_core.connect(f"sqlite:///{db}") as engine:
+        engine.runs.approve(run_id, request_id=request_id, actor="mallory \u202ewolla\u202c")
+        (event,) = [e for e in engine.events.list(run_id=run_id) if e.type == "request.resolved"]
+        described = Feed(engine)._describe(event)
+    assert described["actor"] == "mallory <U+202E>wolla<U+202C>"
+    assert described["tool_name"] == "gmail.send<U+202E>"
 
 
 def test_one_follower_feeds_every_stream(tmp_path: Path) -> None:
@@ -388,6 +425,34 @@ def test_wrong_sign_ins_never_hold_up_a_right_one(server: LiveInbox) -> None:
     assert status == 303
     assert waited < 3.0, f"the right password waited {waited:.1f} s behind the guesses"
     assert set(answers) <= {401, 429} and 429 in answers  # guessing is throttled
+
+
+def test_digits_that_are_not_ascii_are_junk_not_a_500(server: LiveInbox) -> None:
+    # "²".isdigit() is True but int("²") fails: filters, answers and the page to go back
+    # to crashed with 500, the last one after the answer was recorded
+    run_id, request_id = question(
+        server.db,
+        [
+            {
+                "question": "Which?",
+                "header": "Pick",
+                "multiSelect": False,
+                "options": [{"label": "A", "description": ""}, {"label": "B", "description": ""}],
+            }
+        ],
+    )
+    client = Client(server.url)
+    token = client.sign_in("erin")
+    for path in ("/?age=%C2%B2", "/cards?age=%C2%B2", "/?age=" + "9" * 5000):
+        assert client.send(path)[0] == 200, path
+    target = f"/decide/{run_id}/{request_id}"
+    base = {"csrf": token, "decision": "answer", "next": ""}
+    status, _, body = client.send(target, {**base, "back": "", "q0": "\u00b2"})
+    assert status == 422 and "Which?" in body  # unanswered, shown next to the form
+    assert request(server.db, run_id, request_id).is_pending
+    status, headers, _ = client.send(target, {**base, "back": "?age=\u00b2", "q0": "1"})
+    assert status == 303 and headers["location"] == "/"
+    assert request(server.db, run_id, request_id).answers == {"Which?": "B"}
 
 
 def test_a_signed_in_session_decides_and_signs_out(server: LiveInbox) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,10 +28,12 @@ import hitl_core
 from ._auth import Session, Signer, password_matches, valid_name
 from ._decide import Form, Outcome, decide
 from ._feed import Changes, Feed
-from ._listing import Filters, collect
+from ._listing import Filters, collect, whole_number
 from ._view import Context, Notice, cards, inbox_page, login_page, message_page
 
 __all__ = ["SESSION_COOKIE", "create_app"]
+
+log = logging.getLogger("hitl_inbox")
 
 SESSION_COOKIE = "hitl_inbox"
 FLASH_COOKIE = "hitl_inbox_notice"
@@ -75,8 +78,12 @@ class _SecurityHeaders:
             return
         static = scope["path"].startswith("/static/")
 
+        started = False
+
         async def with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 headers += HEADERS
                 if not static:
@@ -84,7 +91,16 @@ class _SecurityHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        try:
+            await self.app(scope, receive, with_headers)
+        except Exception:
+            if started:
+                raise
+            # answered here, not by Starlette's outermost error handler, so that a 500
+            # carries the headers too
+            log.exception("%s %s failed", scope.get("method"), scope["path"])
+            failed = Response("Internal Server Error", status_code=500, media_type="text/plain")
+            await failed(scope, receive, with_headers)
 
 
 class _Refusal(Exception):
@@ -270,10 +286,10 @@ class Inbox:
         assert session.name is not None
         form = await self.checked_form(request, session)
         run_id, request_id = request.path_params["run_id"], request.path_params["request_id"]
+        filters = Filters.parse(dict(parse_qsl(form.get("back").lstrip("?"))))
         outcome: Outcome = await run_in_threadpool(
             decide, self.hitl, run_id, request_id, form, session.name
         )
-        filters = Filters.parse(dict(parse_qsl(form.get("back").lstrip("?"))))
         if outcome.kind == "invalid":  # shown next to the form, with what was typed
             listing = await run_in_threadpool(collect, self.hitl, time.time())
             context = Context(
@@ -344,7 +360,8 @@ def _forbidden() -> Response:
 async def _read_form(request: Request) -> Form:
     """An urlencoded body of at most FORM_LIMIT bytes (413 beyond; 400 if not UTF-8)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > FORM_LIMIT:
+    size = whole_number(declared, most_digits=20)
+    if size is not None and size > FORM_LIMIT:
         raise _Refusal(Response("form too large", status_code=413))
     chunks: list[bytes] = []
     size = 0

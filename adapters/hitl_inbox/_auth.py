@@ -13,9 +13,13 @@ from typing import Any
 
 import attrs
 
+from ._html import visible
+
 __all__ = ["Session", "Signer", "password_matches", "valid_name"]
 
 NAME_LIMIT = 80
+_INVISIBLE = frozenset("\u200b\u200c\u200d\u2060\ufeff")
+"""Zero-width characters: allowed in text, not in a name people recognise each other by."""
 """The longest name a person may sign in with (it becomes the `actor` of decisions)."""
 
 
@@ -30,11 +34,11 @@ def password_matches(given: str, expected: str) -> bool:
 
 def valid_name(raw: str) -> str | None:
     """The name as it will be recorded, or None when it is empty, too long or holds
-    control characters."""
+    control, direction or zero-width characters (a name that shows as another's)."""
     name = " ".join(raw.split())
     if not name or len(name) > NAME_LIMIT:
         return None
-    if any(ord(char) < 32 or 0x7F <= ord(char) < 0xA0 for char in name):
+    if visible(name) != name or not _INVISIBLE.isdisjoint(name):
         return None
     return name
 

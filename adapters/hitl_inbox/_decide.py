@@ -13,6 +13,8 @@ import attrs
 import hitl_core
 from hitl_core import HitlError, ValidationError
 
+from ._listing import whole_number
+
 __all__ = ["Form", "Outcome", "decide", "describe_resolved"]
 
 SHORT = 60
@@ -99,11 +101,8 @@ def _answers(request: hitl_core.PermissionRequest, form: Form) -> dict[str, Any]
     answers: dict[str, Any] = {}
     for index, question in enumerate(request.questions):
         labels = [option["label"] for option in question["options"]]
-        chosen = [
-            labels[int(value)]
-            for value in form.all(f"q{index}")
-            if value.isdigit() and int(value) < len(labels)
-        ]
+        picks = (whole_number(value) for value in form.all(f"q{index}"))
+        chosen = [labels[pick] for pick in picks if pick is not None and pick < len(labels)]
         typed = form.get(f"q{index}.other").strip()
         if question["multiSelect"]:
             picked = [*chosen, *([typed] if typed else [])]

@@ -19,6 +19,8 @@ import hitl_core
 from hitl_core import HitlError
 from hitl_core.adapter import ChangeListener
 
+from ._html import visible
+
 __all__ = ["RELEVANT", "Feed", "Subscription"]
 
 log = logging.getLogger("hitl_inbox")
@@ -179,7 +181,7 @@ class Feed:
             "run_id": event.run_id,
             "request_id": data.get("request_id"),
             "kind": data.get("kind"),
-            "tool_name": data.get("tool_name"),
+            "tool_name": _visible(data.get("tool_name")),
             "status": data.get("status"),
             "decision": data.get("decision"),
             "source": data.get("source"),
@@ -189,10 +191,16 @@ class Feed:
             try:
                 for request in self.hitl.runs.permissions(event.run_id):
                     if request.request_id == item["request_id"]:
-                        item["actor"] = request.actor
-                        item["tool_name"] = request.tool_name
+                        item["actor"] = _visible(request.actor)
+                        item["tool_name"] = _visible(request.tool_name)
                         if request.kind == "plan":
                             item["revision"] = request.tool_input.get("revision")
             except HitlError:
                 pass
         return item
+
+
+def _visible(value: Any) -> Any:
+    """A text the page shows as it is (not through `escape`), with invisible direction
+    and control characters written out; other values unchanged."""
+    return visible(value) if isinstance(value, str) else value

@@ -12,7 +12,7 @@ import attrs
 import hitl_core
 from hitl_core import HitlError
 
-__all__ = ["AGES", "LIMIT", "Filters", "Item", "Listing", "collect"]
+__all__ = ["AGES", "LIMIT", "Filters", "Item", "Listing", "collect", "whole_number"]
 
 LIMIT = 1000
 """The most requests one page shows (the oldest ones)."""
@@ -27,6 +27,14 @@ AGES: tuple[tuple[int, str], ...] = (
 """The age filter's choices: (seconds, label)."""
 
 KIND_NAMES = {"question": "Questions", "plan": "Plans"}
+
+
+def whole_number(text: str, *, most_digits: int = 12) -> int | None:
+    """`text` as a whole number if it is one to 12 ASCII digits, else None (`str.isdigit`
+    also passes "²" and other digits `int` refuses, and `int` refuses very long ones)."""
+    if 0 < len(text) <= most_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
 
 
 @attrs.frozen
@@ -45,7 +53,7 @@ class Filters:
         user = query.get("user", "")
         tool = query.get("tool", "")
         age_text = query.get("age", "0")
-        age = int(age_text) if age_text.isdigit() else 0
+        age = whole_number(age_text) or 0
         return cls(
             user=user if user == "-" or user.startswith("u:") else "",
             tool=tool if tool in ("k:question", "k:plan") or tool.startswith("t:") else "",
