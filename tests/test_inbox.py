@@ -398,6 +398,20 @@ def test_guessing_stays_slow_when_the_right_password_is_among_the_guesses(
     assert same_place.send("/login", form)[0] == 303
 
 
+def test_behind_an_https_proxy_on_this_machine_the_cookies_are_secure(
+    server: LiveInbox,
+) -> None:
+    def session_cookie(client: Client, headers: dict[str, str]) -> str:
+        _, answer, _ = client.send("/login", headers=headers)
+        return next(v for k, v in answer.items() if k.lower() == "set-cookie")
+
+    proxied = {"X-Forwarded-Proto": "https"}
+    assert "Secure" in session_cookie(Client(server.url), proxied)  # from 127.0.0.1
+    assert "Secure" not in session_cookie(Client(server.url), {})
+    # from another address the header is not trusted
+    assert "Secure" not in session_cookie(Client(server.url, source="127.0.0.5"), proxied)
+
+
 def test_wrong_sign_ins_never_hold_up_a_right_one(server: LiveInbox) -> None:
     """Guessers are slowed down and then turned away (429), but a person with the right
     password at another address signs in at once, however many wrong attempts are in

@@ -51,7 +51,8 @@ def serve(
             server_header=False,
             timeout_graceful_shutdown=5,
             # the sign-in throttle counts by the connection's own address: a client's
-            # X-Forwarded-For (trusted from 127.0.0.1 by default) would give it any address
+            # X-Forwarded-For (trusted from 127.0.0.1 by default) would give it any
+            # address; the app reads X-Forwarded-Proto itself (_ForwardedProto)
             proxy_headers=False,
         )
         server = uvicorn.Server(config)

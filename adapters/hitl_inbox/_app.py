@@ -103,6 +103,27 @@ class _SecurityHeaders:
             await failed(scope, receive, with_headers)
 
 
+class _ForwardedProto:
+    """Takes the scheme from `X-Forwarded-Proto` when the connection comes from this
+    machine (a reverse proxy in front, which terminates HTTPS), so cookies get `Secure`.
+    `X-Forwarded-For` is never read: the sign-in throttle counts by the connection's own
+    address, which a client could otherwise name at will."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] in ("http", "websocket") and client and client[0] in _LOCAL:
+            for name, value in scope["headers"]:
+                if name == b"x-forwarded-proto" and value in (b"http", b"https"):
+                    scope = {**scope, "scheme": value.decode()}
+        await self.app(scope, receive, send)
+
+
+_LOCAL = ("127.0.0.1", "::1")
+
+
 class _Refusal(Exception):
     """Ends a handler early with `response` (a redirect, 401, 403, 413 or 400)."""
 
@@ -448,4 +469,5 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.inbox = inbox
     app.add_middleware(_SecurityHeaders)
+    app.add_middleware(_ForwardedProto)
     return app
