@@ -593,3 +593,34 @@ def test_closed_streams_are_forgotten(tmp_path: Path) -> None:
             thread.join(15)
             sock.close()
     assert not thread.is_alive()
+
+
+def test_a_live_stream_ends_when_its_session_expires(tmp_path: Path) -> None:
+    with hitl_core.connect(f"sqlite:///{tmp_path / 'hitl.db'}") as engine:
+        app = create_app(engine, password=PASSWORD, poll_interval=0.05, session_hours=2 / 3600)
+        feed = app.state.inbox.feed
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: server.started)
+            client = Client(f"http://127.0.0.1:{sock.getsockname()[1]}")
+            client.sign_in()
+            connection = http.client.HTTPConnection("127.0.0.1", sock.getsockname()[1], timeout=30)
+            connection.request("GET", "/events", headers={"Cookie": client.cookie()})
+            response = connection.getresponse()
+            assert response.status == 200
+            started = time.monotonic()
+            while response.readline():  # to its end: the server closes it with the session
+                assert time.monotonic() - started < 20, "the stream outlived its session"
+            connection.close()
+            assert client.send("/events")[0] == 401  # and its reconnection is refused
+            wait_until(lambda: feed.subscribers == 0)
+        finally:
+            server.should_exit = True
+            feed.close()
+            thread.join(15)
+            sock.close()

@@ -335,8 +335,9 @@ class Inbox:
         return response
 
     async def stream(self, request: Request) -> Response:
-        """GET /events: server-sent events, one `change` per relevant event."""
-        self.signed_in(request)
+        """GET /events: server-sent events, one `change` per relevant event, until the
+        session expires (the page's reconnection is then refused: signed out)."""
+        ends = self.signed_in(request).started + self.lifetime
         if self.feed.subscribers >= STREAM_LIMIT:
             return Response("too many live streams", status_code=503, headers={"Retry-After": "5"})
         subscription = self.feed.subscribe()
@@ -345,8 +346,13 @@ class Inbox:
             try:
                 yield "retry: 2000\n: connected\n\n"
                 while True:
+                    left = ends - time.time()
+                    if left <= 0:
+                        return
                     try:
-                        item = await asyncio.wait_for(subscription.queue.get(), KEEPALIVE)
+                        item = await asyncio.wait_for(
+                            subscription.queue.get(), min(KEEPALIVE, left)
+                        )
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
