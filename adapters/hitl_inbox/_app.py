@@ -387,8 +387,8 @@ def _forbidden() -> Response:
 async def _read_form(request: Request) -> Form:
     """An urlencoded body of at most FORM_LIMIT bytes (413 beyond; 400 if not UTF-8)."""
     declared = request.headers.get("content-length", "")
-    size = whole_number(declared, most_digits=20)
-    if size is not None and size > FORM_LIMIT:
+    declared_size = whole_number(declared, most_digits=20)
+    if declared_size is not None and declared_size > FORM_LIMIT:
         raise _Refusal(Response("form too large", status_code=413))
     chunks: list[bytes] = []
     size = 0

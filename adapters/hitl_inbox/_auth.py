@@ -18,9 +18,9 @@ from ._html import visible
 __all__ = ["Session", "Signer", "password_matches", "valid_name"]
 
 NAME_LIMIT = 80
+"""The longest name a person may sign in with (it becomes the `actor` of decisions)."""
 _INVISIBLE = frozenset("\u200b\u200c\u200d\u2060\ufeff")
 """Zero-width characters: allowed in text, not in a name people recognise each other by."""
-"""The longest name a person may sign in with (it becomes the `actor` of decisions)."""
 
 
 def password_matches(given: str, expected: str) -> bool:

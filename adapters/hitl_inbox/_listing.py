@@ -30,8 +30,9 @@ KIND_NAMES = {"question": "Questions", "plan": "Plans"}
 
 
 def whole_number(text: str, *, most_digits: int = 12) -> int | None:
-    """`text` as a whole number if it is one to 12 ASCII digits, else None (`str.isdigit`
-    also passes "²" and other digits `int` refuses, and `int` refuses very long ones)."""
+    """`text` as a whole number if it is 1 to `most_digits` ASCII digits, else None
+    (`str.isdigit` also passes "²" and other digits `int` refuses, and `int` refuses very
+    long ones)."""
     if 0 < len(text) <= most_digits and text.isascii() and text.isdigit():
         return int(text)
     return None
