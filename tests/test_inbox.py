@@ -6,6 +6,7 @@ a clean stop while a stream is open). The browser tests are in test_inbox_browse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import http.client
 import http.cookiejar
@@ -561,9 +562,11 @@ def test_the_command_needs_a_password_and_a_free_port(tmp_path: Path) -> None:
     wait_until(lambda: first.process.poll() is not None)
 
 
-def test_closed_streams_are_forgotten(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def served(tmp_path: Path, **options: Any) -> Iterator[tuple[int, Feed]]:
+    """The inbox app (`create_app(**options)`) on uvicorn in a thread: its port and feed."""
     with hitl_core.connect(f"sqlite:///{tmp_path / 'hitl.db'}") as engine:
-        app = create_app(engine, password=PASSWORD, poll_interval=0.05)
+        app = create_app(engine, password=PASSWORD, poll_interval=0.05, **options)
         feed = app.state.inbox.feed
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -573,20 +576,7 @@ def test_closed_streams_are_forgotten(tmp_path: Path) -> None:
         thread.start()
         try:
             wait_until(lambda: server.started)
-            client = Client(f"http://127.0.0.1:{sock.getsockname()[1]}")
-            client.sign_in()
-            streams = []
-            for _ in range(3):
-                connection = http.client.HTTPConnection("127.0.0.1", sock.getsockname()[1])
-                connection.request("GET", "/events", headers={"Cookie": client.cookie()})
-                response = connection.getresponse()
-                assert response.readline() == b"retry: 2000\n"
-                streams.append((connection, response))
-            assert feed.subscribers == 3
-            for connection, response in streams:
-                response.close()
-                connection.close()
-            wait_until(lambda: feed.subscribers == 0)
+            yield sock.getsockname()[1], feed
         finally:
             server.should_exit = True
             feed.close()
@@ -595,32 +585,35 @@ def test_closed_streams_are_forgotten(tmp_path: Path) -> None:
     assert not thread.is_alive()
 
 
-def test_a_live_stream_ends_when_its_session_expires(tmp_path: Path) -> None:
-    with hitl_core.connect(f"sqlite:///{tmp_path / 'hitl.db'}") as engine:
-        app = create_app(engine, password=PASSWORD, poll_interval=0.05, session_hours=2 / 3600)
-        feed = app.state.inbox.feed
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        try:
-            wait_until(lambda: server.started)
-            client = Client(f"http://127.0.0.1:{sock.getsockname()[1]}")
-            client.sign_in()
-            connection = http.client.HTTPConnection("127.0.0.1", sock.getsockname()[1], timeout=30)
+def test_closed_streams_are_forgotten(tmp_path: Path) -> None:
+    with served(tmp_path) as (port, feed):
+        client = Client(f"http://127.0.0.1:{port}")
+        client.sign_in()
+        streams = []
+        for _ in range(3):
+            connection = http.client.HTTPConnection("127.0.0.1", port)
             connection.request("GET", "/events", headers={"Cookie": client.cookie()})
             response = connection.getresponse()
-            assert response.status == 200
-            started = time.monotonic()
-            while response.readline():  # to its end: the server closes it with the session
-                assert time.monotonic() - started < 20, "the stream outlived its session"
+            assert response.readline() == b"retry: 2000\n"
+            streams.append((connection, response))
+        assert feed.subscribers == 3
+        for connection, response in streams:
+            response.close()
             connection.close()
-            assert client.send("/events")[0] == 401  # and its reconnection is refused
-            wait_until(lambda: feed.subscribers == 0)
-        finally:
-            server.should_exit = True
-            feed.close()
-            thread.join(15)
-            sock.close()
+        wait_until(lambda: feed.subscribers == 0)
+
+
+def test_a_live_stream_ends_when_its_session_expires(tmp_path: Path) -> None:
+    with served(tmp_path, session_hours=2 / 3600) as (port, feed):
+        client = Client(f"http://127.0.0.1:{port}")
+        client.sign_in()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/events", headers={"Cookie": client.cookie()})
+        response = connection.getresponse()
+        assert response.status == 200
+        started = time.monotonic()
+        while response.readline():  # to its end: the server closes it with the session
+            assert time.monotonic() - started < 20, "the stream outlived its session"
+        connection.close()
+        assert client.send("/events")[0] == 401  # and its reconnection is refused
+        wait_until(lambda: feed.subscribers == 0)
