@@ -36,22 +36,17 @@ def needs_serve_stack() -> None:
         pytest.skip("the hitl command is not installed (pip install -e .)")
 
 
-class LiveServer:
-    """`hitl serve --port 0` on a store (a file path or a store URL); `url` is the API's
-    base URL. `env` adds environment variables (such as a short lease for tests)."""
+class LiveCommand:
+    """A long-running `hitl` command (`serve`, `inbox`) in its own process, started with
+    `--port 0`: `banner` is the first line it prints, `url` the address in it."""
 
-    def __init__(
-        self, db: Path | str, *args: str, key: str = API_KEY, env: dict[str, str] | None = None
-    ) -> None:
-        self.db = db
-        env = {**os.environ, "HITL_API_KEY": key, **(env or {})}
-        command = [str(HITL), "serve", "--port", "0", "--db", str(db)]
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            [*command, "--webhook-interval", "0.1", *args],
+            [str(HITL), *command],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env={**os.environ, **env},
         )
         first: list[str] = []
         out = self.process.stdout
@@ -63,16 +58,9 @@ class LiveServer:
         if "http://" not in line:
             self.process.kill()
             _, err = self.process.communicate(timeout=10)
-            raise RuntimeError(f"hitl serve did not start: {line!r} {err}")
+            raise RuntimeError(f"hitl {command[0]} did not start: {line!r} {err}")
         self.banner = line.strip()
-        self.url = "http://" + line.split("http://", 1)[1].split()[0]
-        self.key = key
-
-    def client(self, key: str | None = None) -> object:
-        """An SDK client pointed at this server."""
-        from m8tes import M8tes
-
-        return M8tes(api_key=key or self.key, base_url=self.url, timeout=30)
+        self.url = "http://" + line.split("http://", 1)[1].split()[0].rstrip("/")
 
     def stop(self) -> tuple[int, str]:
         """SIGTERM, then the exit code and what it wrote to stderr."""
@@ -84,6 +72,25 @@ class LiveServer:
             self.process.kill()
             _, err = self.process.communicate()
         return self.process.returncode, err
+
+
+class LiveServer(LiveCommand):
+    """`hitl serve --port 0` on a store (a file path or a store URL); `url` is the API's
+    base URL. `env` adds environment variables (such as a short lease for tests)."""
+
+    def __init__(
+        self, db: Path | str, *args: str, key: str = API_KEY, env: dict[str, str] | None = None
+    ) -> None:
+        self.db = db
+        self.key = key
+        command = ["serve", "--port", "0", "--db", str(db), "--webhook-interval", "0.1", *args]
+        super().__init__(command, {"HITL_API_KEY": key, **(env or {})})
+
+    def client(self, key: str | None = None) -> object:
+        """An SDK client pointed at this server."""
+        from m8tes import M8tes
+
+        return M8tes(api_key=key or self.key, base_url=self.url, timeout=30)
 
 
 def call(

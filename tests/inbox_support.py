@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from conftest import LiveCommand
 
 import hitl_core
 
@@ -65,42 +65,13 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-class LiveInbox:
+class LiveInbox(LiveCommand):
     """`hitl inbox --port 0` on an SQLite file; `url` is the page's address."""
 
     def __init__(self, db: Path, *, password: str = PASSWORD) -> None:
         self.db = db
-        env = {**os.environ, "HITL_INBOX_PASSWORD": password}
-        self.process = subprocess.Popen(
-            [str(HITL), "inbox", "--port", "0", "--db", str(db), "--poll-interval", "0.1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        first: list[str] = []
-        out = self.process.stdout
-        assert out is not None
-        reader = threading.Thread(target=lambda: first.append(out.readline()), daemon=True)
-        reader.start()
-        reader.join(30)
-        line = first[0] if first else ""
-        if "http://" not in line:
-            self.process.kill()
-            _, err = self.process.communicate(timeout=10)
-            raise RuntimeError(f"hitl inbox did not start: {line!r} {err}")
-        self.url = "http://" + line.split("http://", 1)[1].split()[0].rstrip("/")
-
-    def stop(self) -> tuple[int, str]:
-        """SIGTERM, then the exit code and what it wrote to stderr."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            _, err = self.process.communicate()
-        return self.process.returncode, err
+        command = ["inbox", "--port", "0", "--db", str(db), "--poll-interval", "0.1"]
+        super().__init__(command, {"HITL_INBOX_PASSWORD": password})
 
 
 def hitl(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
