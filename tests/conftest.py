@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -146,6 +147,34 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         code, err = server.stop()
         assert code == 0, err
         assert "Traceback" not in err, err
+
+
+def slow_clients_are_cut_off(port: int, keep: socket.socket | None = None) -> None:
+    """Two clients that never finish a request's headers on 127.0.0.1:`port` (one sends
+    part of them, one nothing) are disconnected by the server, after HEADER_TIMEOUT
+    (10 s), not held for ever; `keep` (a connection whose request was whole, such as a
+    live stream) stays open."""
+    partial = socket.create_connection(("127.0.0.1", port))
+    partial.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    silent = socket.create_connection(("127.0.0.1", port))
+    started = time.monotonic()
+    for client in (partial, silent):
+        client.settimeout(max(1.0, 40 - (time.monotonic() - started)))
+        try:
+            assert client.recv(100) == b"", "the server answered half a request"
+        except TimeoutError:
+            raise AssertionError("a client sending no whole request was held 40 s") from None
+        finally:
+            client.close()
+    assert time.monotonic() - started > 5  # by the header timeout, not at once
+    if keep is not None:
+        keep.setblocking(False)
+        try:
+            assert keep.recv(1, socket.MSG_PEEK) != b"", "the whole request was cut off too"
+        except BlockingIOError:
+            pass  # open, nothing to read: as it should be
+        finally:
+            keep.setblocking(True)
 
 
 def loop_stall_while_sqlite_is_locked(db: Path, work: Any) -> tuple[float, Any]:

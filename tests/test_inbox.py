@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import slow_clients_are_cut_off
 from inbox_support import HITL, PASSWORD, LiveInbox, hitl, question, request, tool_call, wait_until
 
 import hitl_core
@@ -601,6 +602,22 @@ def test_closed_streams_are_forgotten(tmp_path: Path) -> None:
             response.close()
             connection.close()
         wait_until(lambda: feed.subscribers == 0)
+
+
+def test_clients_that_never_finish_their_headers_are_cut_off(server: LiveInbox) -> None:
+    client = Client(server.url)
+    client.sign_in()
+    port = urllib.parse.urlsplit(server.url).port or 80
+    stream = socket.create_connection(("127.0.0.1", port))
+    stream.sendall(
+        f"GET /events HTTP/1.1\r\nHost: x\r\nCookie: {client.cookie()}\r\n\r\n".encode()
+    )
+    assert stream.recv(100).startswith(b"HTTP/1.1 200")  # a live stream, longer than 10 s
+    try:
+        slow_clients_are_cut_off(port, keep=stream)
+    finally:
+        stream.close()
+    assert client.send("/")[0] == 200
 
 
 def test_a_live_stream_ends_when_its_session_expires(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def serve(
     (a URL, or an open Store that `shown` names in the first line). `port=0` picks a free
     port; `announce` receives the page's URL once the socket is bound."""
     import uvicorn
-    from hitl_server import listen, run_until_signalled
+    from hitl_server import http_protocol, listen, run_until_signalled
 
     sock, address = listen(host, port)
     try:
@@ -54,6 +54,7 @@ def serve(
             # X-Forwarded-For (trusted from 127.0.0.1 by default) would give it any
             # address; the app reads X-Forwarded-Proto itself (_ForwardedProto)
             proxy_headers=False,
+            http=http_protocol(),
         )
         server = uvicorn.Server(config)
         (announce or _print)(f"hitl inbox: http://{address}/ (store {shown or store_url})")

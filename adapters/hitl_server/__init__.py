@@ -18,7 +18,7 @@ from hitl_core import HitlError
 from ._agent import LEASE_SECONDS, Worker, worker_name
 from ._api import Api
 from ._app import BODY_LIMIT, PREFIX, create_app
-from ._http import listen, run_until_signalled
+from ._http import http_protocol, listen, run_until_signalled
 from ._program import (
     Program,
     Progress,
@@ -37,6 +37,7 @@ __all__ = [
     "Server",
     "create_app",
     "default_program",
+    "http_protocol",
     "initial_checkpoint",
     "listen",
     "open_server",
@@ -153,7 +154,12 @@ def serve(
         lease_seconds=lease_seconds,
     ) as server:
         config = uvicorn.Config(
-            server.app, log_level="warning", access_log=False, lifespan="on", server_header=False
+            server.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+            http=http_protocol(),
         )
         (announce or _print)(
             f"hitl serve: http://{address}{PREFIX} (store {shown or store_url}"

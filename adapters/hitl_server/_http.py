@@ -4,13 +4,19 @@ opened is closed afterwards). `hitl serve` and `hitl inbox` both run this way.""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["listen", "run_until_signalled"]
+__all__ = ["HEADER_TIMEOUT", "http_protocol", "listen", "run_until_signalled"]
+
+HEADER_TIMEOUT = 10.0
+"""Seconds a client has to send a request's headers, from connecting or from the end of
+its previous response; then its connection is closed. uvicorn alone waits for ever, so a
+client holding thousands of half-sent requests would use up the process's files."""
 
 
 def listen(host: str, port: int) -> tuple[socket.socket, str]:
@@ -55,3 +61,40 @@ def run_until_signalled(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
+
+
+def http_protocol(header_timeout: float = HEADER_TIMEOUT) -> type:
+    """uvicorn's h11 protocol (`uvicorn.Config(http=...)`), closing a connection whose
+    request headers are not all in `header_timeout` seconds after it opened or after its
+    previous response ended."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        _headers_due: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._expect_headers()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._expect_headers()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._headers_due is not None:
+                self._headers_due.cancel()
+            super().connection_lost(exc)
+
+        def _expect_headers(self) -> None:
+            if self._headers_due is not None:
+                self._headers_due.cancel()
+            self._headers_due = self.loop.call_later(header_timeout, self._headers_late)
+
+        def _headers_late(self) -> None:
+            self._headers_due = None
+            # IDLE: the client has not finished a request's headers since the timer began
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutH11
