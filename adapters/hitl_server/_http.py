@@ -1,6 +1,7 @@
-"""Serving an ASGI app until the process is told to stop: a bound listening socket, and
+"""Serving an ASGI app until the process is told to stop: a bound listening socket,
 uvicorn run on a thread that SIGINT or SIGTERM stops gracefully (so what the caller
-opened is closed afterwards). `hitl serve` and `hitl inbox` both run this way."""
+opened is closed afterwards), and uvicorn's HTTP protocol with a timeout for request
+headers. `hitl serve` and `hitl inbox` both run this way."""
 
 from __future__ import annotations
 
