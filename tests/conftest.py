@@ -149,6 +149,42 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         assert "Traceback" not in err, err
 
 
+def run_together(script: str, *args: str, count: int) -> list[str]:
+    """Start `count` copies of `script` (`python -c script *args`, in the repository), let
+    each say "ready", release them at once with "go", and return what each printed after;
+    each must exit 0."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        for _ in range(count)
+    ]
+    outputs: list[str] = []
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready"
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        for process in processes:
+            out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+            outputs.append(out)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return outputs
+
+
 def slow_clients_are_cut_off(port: int, keep: socket.socket | None = None) -> None:
     """Two clients that never finish a request's headers on 127.0.0.1:`port` (one sends
     part of them, one nothing) are disconnected by the server, after HEADER_TIMEOUT
@@ -219,7 +255,6 @@ def loop_stall_while_sqlite_is_locked(db: Path, work: Any) -> tuple[float, Any]:
     finally:
         release.set()
         holder.join(10)
-
 
 
 # The PostgreSQL server and a fresh schema per test (tests/postgres_server.py).

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_together
 from postgres_server import admin, drop_schema, new_schema_name, with_options
 
 import hitl_core
@@ -197,32 +198,8 @@ print("done", flush=True)
 
 
 def test_processes_creating_one_schema_at_once(pg_url: str) -> None:
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", OPENER, pg_url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for _ in range(6)
-    ]
-    try:
-        for process in processes:
-            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        for process in processes:
-            assert process.stdin is not None
-            process.stdin.write("go\n")
-            process.stdin.flush()
-        for process in processes:
-            out, err = process.communicate(timeout=120)
-            assert process.returncode == 0 and out.strip() == "done", err
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+    outputs = run_together(OPENER, pg_url, count=6)
+    assert [out.strip() for out in outputs] == ["done"] * 6
     with hitl_core.connect(pg_url) as hitl:
         assert len(hitl.runs.list(limit=100).data) == 6
 
@@ -567,34 +544,11 @@ def test_delivery_workers_on_several_processes_never_send_one_attempt_twice(
         for _ in range(60):
             hitl.agent(hitl.runs.create().id).complete()
         assert hitl.webhooks.enqueue() == 60
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", CLAIMER, pg_url],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=ROOT,
-            )
-            for _ in range(4)
+        sent = [
+            (str(delivery), int(attempt))
+            for out in run_together(CLAIMER, pg_url, count=4)
+            for delivery, attempt in map(json.loads, out.splitlines())
         ]
-        sent: list[tuple[str, int]] = []
-        try:
-            for worker in workers:
-                assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
-            for worker in workers:
-                assert worker.stdin is not None
-                worker.stdin.write("go\n")
-                worker.stdin.flush()
-            for worker in workers:
-                out, err = worker.communicate(timeout=120)
-                assert worker.returncode == 0, err
-                sent.extend(tuple(json.loads(line)) for line in out.splitlines())
-        finally:
-            for worker in workers:
-                if worker.poll() is None:
-                    worker.kill()
-                    worker.communicate()
         assert len(sent) == len(set(sent)) == 60  # each delivery sent once, by one worker
         assert {attempt for _, attempt in sent} == {1}
         delivered = hitl.webhooks.list_deliveries(endpoint.id, status="delivered", limit=100)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_together
 
 import hitl_core
 from hitl_core import HitlError, ManualClock, NotFoundError
@@ -266,7 +267,9 @@ def test_three_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "h.db"
     open_hitl(path).close()
     count = 25
-    run_together(WRITER, str(path), str(count), count=3)
+    assert [out.strip() for out in run_together(WRITER, str(path), str(count), count=3)] == [
+        "done"
+    ] * 3
     with open_hitl(path) as hitl:
         runs = pages(hitl)
         assert len(runs) == 3 * count
@@ -289,40 +292,11 @@ print("done", flush=True)
 """
 
 
-def run_together(script: str, *args: str, count: int) -> None:
-    """Start `count` copies of `script`, release them at once, and expect "done" from each."""
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", script, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(count)
-    ]
-    try:
-        for process in processes:
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "ready"
-        for process in processes:
-            assert process.stdin is not None
-            process.stdin.write("go\n")
-            process.stdin.flush()
-        for process in processes:
-            out, err = process.communicate(timeout=120)
-            assert process.returncode == 0 and out.strip() == "done", err
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-
-
 def test_processes_creating_one_new_file_at_once(tmp_path: Path) -> None:
     for attempt in range(2):
         path = tmp_path / f"new-{attempt}.db"
-        run_together(OPENER, str(path), count=4)
+        outputs = run_together(OPENER, str(path), count=4)
+        assert [out.strip() for out in outputs] == ["done"] * 4
         with open_hitl(path) as hitl:
             assert len(hitl.runs.list().data) == 4
 
