@@ -113,6 +113,23 @@ def test_names_are_tidied_and_bad_ones_refused() -> None:
         assert valid_name(bad) is None
 
 
+def test_the_sign_in_throttle_remembers_a_bounded_number_of_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hitl_inbox import _app
+
+    monkeypatch.setattr(_app, "ADDRESSES_KEPT", 3)
+    inbox: Any = type("Inbox", (), {"wrong_logins": {}})()
+    for index, address in enumerate("abcde"):
+        recent = _app.Inbox._wrong_from(inbox, address, 10.0 + index / 10)
+        if address in "ab":  # a and b guess wrong; the others sign in well
+            recent.append(10.0)
+    # the quiet addresses make room; the ones that guessed within the second are kept
+    assert list(inbox.wrong_logins) == ["a", "b", "e"]
+    assert len(_app.Inbox._wrong_from(inbox, "a", 10.5)) == 1
+    assert len(_app.Inbox._wrong_from(inbox, "a", 11.5)) == 0  # forgotten after a second
+
+
 def test_filters_come_back_from_their_query_and_ignore_junk() -> None:
     filters = Filters(user="u:cust 1&2", tool="t:slack.*", age=3600)
     query = urllib.parse.parse_qsl(filters.query().lstrip("?"))
