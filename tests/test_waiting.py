@@ -187,3 +187,63 @@ def test_a_decision_committed_while_the_sqlite_feed_starts_ends_the_wait(
         waiter.join(30)
         assert [r.status for r in found] == ["allowed"]
         assert time.monotonic() - started < 10, "the wait slept through the decision"
+
+
+WAIT_WHILE_FILES_RUN_OUT = """
+import logging, os, resource, sys, time
+import hitl_core
+
+url = sys.argv[1]
+hitl = hitl_core.connect(url)
+run = hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
+agent = hitl.agent(run.id)
+gate = agent.request_tool("deploy")
+fillers = []
+
+
+class Failed(logging.Handler):
+    def emit(self, record):
+        if fillers:  # the watcher could not open its connection: files are back now
+            for fd in fillers:
+                os.close(fd)
+            fillers.clear()
+            print("watcher failed", flush=True)
+
+
+logging.getLogger("hitl_sqlite.watch").addHandler(Failed())
+highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    while True:  # use up every file this process may open
+        fillers.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+started = time.monotonic()
+done = agent.wait(gate.request_id, timeout=25)
+print(done.status.value, round(time.monotonic() - started, 1), flush=True)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_wait_outlives_a_watcher_that_could_not_open_its_connection(tmp_path: Path) -> None:
+    # The SQLite feed's watcher opens a connection of its own when the first wait begins.
+    # When that failed (here: the process had used up its files), the thread ended, and
+    # every later wait in the process slept through decisions made in other processes
+    # until its timeout. The watcher now tries again until it watches.
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    with subprocess.Popen(
+        [sys.executable, "-c", WAIT_WHILE_FILES_RUN_OUT, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line == "watcher failed\n", line + child.communicate(timeout=60)[1]
+        with hitl_core.connect(url) as hitl:
+            (request,) = hitl.runs.pending()
+            hitl.runs.approve(request.run_id, request_id=request.request_id, actor="bob")
+        status, seconds = child.stdout.readline().split()
+        child.wait(60)
+    assert status == "allowed"
+    assert float(seconds) < 12, "the wait slept through the decision to its timeout"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from hitl_core.adapter import ChangeListener
 
-__all__ = ["FIRST_INTERVAL", "MAX_INTERVAL", "Watcher"]
+__all__ = ["FIRST_INTERVAL", "MAX_INTERVAL", "RETRY_FIRST", "RETRY_MAX", "Watcher"]
 
 log = logging.getLogger("hitl_sqlite.watch")
 
@@ -22,6 +22,10 @@ FIRST_INTERVAL = 0.001
 """Seconds between two looks at `data_version` just after a change was seen."""
 MAX_INTERVAL = 0.016
 """The longest pause between two looks, reached after a quiet spell (doubling)."""
+RETRY_FIRST = 0.05
+"""Seconds before watching again after the watcher's connection failed or could not open."""
+RETRY_MAX = 1.0
+"""The longest pause between two tries (doubling); listeners look again at each."""
 BATCH = 1000
 
 _LAST = "SELECT seq, id FROM events ORDER BY seq DESC LIMIT 1"
@@ -84,19 +88,37 @@ class Watcher:
                 log.exception("a change listener of %s failed", self.path)
 
     def _run(self) -> None:
+        """Watch until stopped. When the connection cannot be opened (no files left, say)
+        or fails, try again after a pause (doubling up to RETRY_MAX) and meanwhile tell
+        the listeners to look for themselves: waits stay bounded by the pause, never
+        sleep through a decision because nobody watches."""
         assert self._connect is not None
-        try:
-            db = self._connect()
-        except Exception:
-            log.exception("cannot watch %s for changes", self.path)
-            return
-        try:
-            self._loop(db)
-        except sqlite3.Error as error:  # the store was closed under us, or the file went
-            if not self._stopped.is_set():
-                log.warning("stopped watching %s: %s", self.path, error)
-        finally:
-            db.close()
+        delay, failing = RETRY_FIRST, False
+        while not self._stopped.is_set():
+            try:
+                db = self._connect()
+            except Exception as error:
+                if not failing:
+                    log.warning("cannot watch %s for changes (trying again): %s", self.path, error)
+                failing = True
+            else:
+                if failing:
+                    log.info("watching %s for changes again", self.path)
+                delay, failing = RETRY_FIRST, False
+                try:
+                    self._loop(db)
+                    return  # stopped
+                except sqlite3.Error as error:  # the file went, or the disk failed
+                    if self._stopped.is_set():  # the store was closed under us
+                        return
+                    log.warning("watching %s failed (trying again): %s", self.path, error)
+                    failing = True
+                finally:
+                    db.close()
+            self.tell(None)  # what happened meanwhile is not told otherwise
+            if self._stopped.wait(delay):
+                return
+            delay = min(delay * 2, RETRY_MAX)
 
     def _loop(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA data_version").fetchone()[0]
