@@ -849,9 +849,10 @@ async def _ticks(seconds: float, until: Callable[[], bool] | None = None) -> lis
     return lags
 
 
-def loop_with_waiters(url: str, waiters: int, seconds: float) -> dict[str, float]:
+def loop_with_waiters(url: str, waiters: int, seconds: float, settle: float) -> dict[str, float]:
     """`waiters` asyncio tasks in `hitl_core.aio` each awaiting `agent.wait` on its own
-    run: the process's CPU while they are idle (nothing else running), the loop's lag
+    run: the process's CPU while they are idle (nothing else running; measured `settle`
+    seconds after they began, once their first looks are over), the loop's lag
     (how late a 1 ms sleep wakes: p50, p99) while they are idle, then the lag while
     another thread of the process decides them all in a burst (up to 2,000 a second),
     and how long until every wait returned."""
@@ -869,7 +870,7 @@ def loop_with_waiters(url: str, waiters: int, seconds: float) -> dict[str, float
             asyncio.create_task(agent.wait(request_id))  # type: ignore[arg-type]
             for agent, (_, request_id) in zip(agents, pairs, strict=True)
         ]
-        await asyncio.sleep(0.3)  # every wait made its first look and is parked
+        await asyncio.sleep(settle)  # every wait made its first look and is parked
         cpu, wall = time.process_time(), time.perf_counter()
         await asyncio.sleep(seconds)  # nothing happens: what do the waits cost?
         cpu_share = (time.process_time() - cpu) / (time.perf_counter() - wall)
@@ -901,7 +902,7 @@ def loop_with_waiters(url: str, waiters: int, seconds: float) -> dict[str, float
     return asyncio.run(main())
 
 
-def idle_thread_waiters(url: str, waiters: int, seconds: float) -> float:
+def idle_thread_waiters(url: str, waiters: int, seconds: float, settle: float) -> float:
     """CPU (percent of one core) of the process while `waiters` threads block in
     `Agent.wait` with nothing happening."""
     hitl = hitl_core.connect(url)
@@ -918,7 +919,7 @@ def idle_thread_waiters(url: str, waiters: int, seconds: float) -> float:
     ]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)  # all parked
+    time.sleep(settle)  # all parked
     cpu, wall = time.process_time(), time.perf_counter()
     time.sleep(seconds)
     share = (time.process_time() - cpu) / (time.perf_counter() - wall)
@@ -1038,7 +1039,9 @@ def run_all(
 
 def waiting(work: Path, pg: Any, quick: bool) -> dict[str, Any]:
     """The waiting benchmarks: wake-up latency, loop lag and idle CPU."""
-    samples, waiters, seconds = (5, 20, 0.2) if quick else (200, 1000, 3.0)
+    # settle: how long 1,000 waits take to make their first looks and park, with room
+    # (0.3 s was too short on a slower machine: its idle CPU took in their tail)
+    samples, waiters, seconds, settle = (5, 20, 0.2, 0.2) if quick else (200, 1000, 3.0, 2.0)
     shared = f"sqlite:///{work / 'wait.db'}"
     wake: dict[str, Any] = {
         "memory://, same process": wake_latency("memory://", samples, False),
@@ -1053,11 +1056,11 @@ def waiting(work: Path, pg: Any, quick: bool) -> dict[str, Any]:
         )
     print("  measured wake-up latency", file=sys.stderr, flush=True)
     loops = {
-        "memory://": loop_with_waiters("memory://", waiters, seconds),
-        "sqlite": loop_with_waiters(f"sqlite:///{work / 'loop.db'}", waiters, seconds),
+        "memory://": loop_with_waiters("memory://", waiters, seconds, settle),
+        "sqlite": loop_with_waiters(f"sqlite:///{work / 'loop.db'}", waiters, seconds, settle),
     }
     print("  measured the event loop with waiters", file=sys.stderr, flush=True)
-    threads = idle_thread_waiters(f"sqlite:///{work / 'threads.db'}", waiters, seconds)
+    threads = idle_thread_waiters(f"sqlite:///{work / 'threads.db'}", waiters, seconds, settle)
     return {"waiters": waiters, "wake": wake, "loop": loops, "idle_threads_cpu_percent": threads}
 
 
