@@ -212,7 +212,8 @@ class Failed(logging.Handler):
 
 logging.getLogger("hitl_sqlite.watch").addHandler(Failed())
 highest = max(int(name) for name in os.listdir("/proc/self/fd"))
-resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, hard))
 try:
     while True:  # use up every file this process may open
         fillers.append(os.open(os.devnull, os.O_RDONLY))
