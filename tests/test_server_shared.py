@@ -402,3 +402,23 @@ def test_runs_of_other_hosts_on_the_store_do_not_starve_the_servers_agents(
     for run in runs:
         played_once(engine, run, ["t.one"])
     assert all(engine.runs.get(r.id).lease_worker is None for r in foreign[:5])
+
+
+def test_a_killed_servers_busy_agent_is_found_behind_other_hosts_runs(
+    servers: Servers, engine: hitl_core.Hitl
+) -> None:
+    """The periodic scan looked only at the first 1,000 claimable runs, and lease-less
+    runs of a library host come first there: a killed server's agent that was busy (no
+    event names its run, so nothing else points at it) was never taken over."""
+    b = servers.start()
+    a = servers.start()
+    made: list[int] = []
+    created_by(a, engine, "sleep:6 tool:k.one", made)  # busy (asleep) when a dies
+    foreign = [engine.runs.create() for _ in range(1100)]
+    assert {r.id for r in engine.runs.claimable(limit=1000)} <= {r.id for r in foreign}
+    a.process.send_signal(signal.SIGKILL)
+    a.process.wait(timeout=10)
+    approve_until_done([b], made, timeout=40)
+    for run in made:
+        played_once(engine, run, ["k.one"])
+    assert all(engine.runs.get(r.id).lease_worker is None for r in foreign[:5])

@@ -47,6 +47,9 @@ LEASE_SECONDS = 30.0
 """How long a server's claim on a run lasts unless renewed (it renews every third of it)."""
 SCAN_LIMIT = 1000
 """The most claimable runs looked at in one scan."""
+WALK_PAGES = 10
+"""When a scan's claimable runs fill SCAN_LIMIT, how many pages of running runs (100
+each) it also walks, on from where the last scan stopped."""
 EVENT_BATCH = 1000
 NEEDS_A_LOOK = frozenset({"run.started", "run.resumed", "request.resolved"})
 """Events after which a run no server holds may need one: it is new, or it can go on."""
@@ -101,6 +104,7 @@ class Worker:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._cursor: str | None = None
+        self._walk: str | None = None  # the last running run the walk looked at
         self._rescan = True
         self._candidates: set[str] = set()
         self._scan_at = 0.0
@@ -209,11 +213,35 @@ class Worker:
 
     # -- leases --------------------------------------------------------------------------
     def _scan(self, now: float) -> int:
-        """Claim the runs of `hitl serve` agents that no live lease holds."""
+        """Claim the runs of `hitl serve` agents that no live lease holds. Lease-less runs
+        come first among the claimable ones; when other hosts' fill a whole scan, the
+        scan also walks on through the running runs, so that a dead server's agent that
+        no event names (it was busy) is found within a few scans at any scale."""
         self._rescan = False
         self._scan_at = now + self.lease_seconds / 3
         runs = self.hitl.runs.claimable(limit=SCAN_LIMIT)
-        return sum(self._adopt(run) for run in runs if run.id not in self._held)
+        adopted = sum(self._adopt(run) for run in runs if run.id not in self._held)
+        if len(runs) == SCAN_LIMIT:
+            adopted += self._walk_running(now)
+        return adopted
+
+    def _walk_running(self, now: float) -> int:
+        """Look at up to WALK_PAGES pages of running runs after the last one looked at
+        (from the first again after the last page) and claim those no lease holds."""
+        adopted = 0
+        for _ in range(WALK_PAGES):
+            try:
+                page = self.hitl.runs.list(status="running", limit=100, starting_after=self._walk)
+            except (NotFoundError, ValidationError):  # the run it stopped at was pruned
+                self._walk = None
+                continue
+            for run in page.data:
+                if run.id not in self._held and run.lease_at(now) is None:
+                    adopted += self._adopt(run)
+            self._walk = page.next_starting_after
+            if self._walk is None:
+                break
+        return adopted
 
     def _look_at_candidates(self, now: float) -> None:
         """Claim the runs named by recent events that may need a server: found by id, not
