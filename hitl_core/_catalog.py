@@ -228,13 +228,16 @@ class Events:
     def _next_deadline(self, run_id: str | None = None) -> float | None:
         """When the next suspension is due (of one run, or of any), as a clock reading;
         None when no request is pending against a deadline. A follower of the log sleeps
-        no longer than that: the suspension's event is recorded lazily, by a look."""
+        no longer than that: the suspension's event is recorded lazily, by a look. Runs
+        that cannot be suspended (damaged rows, logged once) have no deadline here: a
+        look cannot apply theirs, so waking for it would only look again at once."""
+        damaged = self._engine._damaged
 
         def work(tx: Transaction, ctx: Context) -> float | None:
             if run_id is not None:
                 run = tx.get_run(run_id)
-                return None if run is None else run.deadline
-            due = tx.due_runs(math.inf, 1)
+                return None if run is None or run.id in damaged else run.deadline
+            due = [run for run in tx.due_runs(math.inf, 1 + len(damaged)) if run.id not in damaged]
             return due[0].deadline if due else None
 
         return self._engine._read(work)

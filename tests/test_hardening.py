@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,34 @@ def test_a_damaged_overdue_row_is_reported_not_fatal(
     assert caplog.text.count(broken.id) == 1
     hitl.close()
 
+
+
+@pytest.mark.parametrize("of_one_run", [False, True])
+def test_a_follower_does_not_spin_on_a_damaged_overdue_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, of_one_run: bool
+) -> None:
+    # The follower of the log sleeps until the next deadline; a damaged row's deadline,
+    # which no look can apply, had passed already: events.wait looked again at once, for
+    # its whole timeout (some 27,000 looks in 2 s, a core at 100 %).
+    path = tmp_path / "h.db"
+    hitl = hitl_core.connect(sqlite_url(path))  # the system clock
+    broken = approval_run(hitl, input_timeout=0.1)
+    hitl.agent(broken.id).request_tool("t")
+    db = sqlite3.connect(path)
+    db.execute("UPDATE runs SET status = 'running' WHERE id = ?", (broken.id,))
+    db.commit()
+    db.close()
+    time.sleep(0.2)
+    assert hitl.tick() == []  # reported once, skipped from then on
+    looks = []
+    original = type(hitl.events).list
+    monkeypatch.setattr(
+        type(hitl.events), "list", lambda self, **kw: looks.append(1) or original(self, **kw)
+    )
+    run_id = {"run_id": broken.id} if of_one_run else {}
+    assert hitl.events.wait(after=hitl.events.last_id(), timeout=1.0, **run_id) == []
+    assert len(looks) <= 3, len(looks)  # it waited, without looking again and again
+    hitl.close()
 
 # -- lookups stay flat as data grows ------------------------------------------------------
 

@@ -5,6 +5,7 @@ another thread while the main thread waits."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -248,3 +249,23 @@ def test_a_wait_outlives_a_watcher_that_could_not_open_its_connection(tmp_path: 
         child.wait(60)
     assert status == "allowed"
     assert float(seconds) < 12, "the wait slept through the decision to its timeout"
+
+
+def test_a_watcher_that_fails_at_once_backs_off_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The watcher's connection opened, but its first read failed (the file was deleted
+    # under the store: a new empty file has no events table): it tried again every 50 ms
+    # and logged each try, because opening counted as success.
+    path = tmp_path / "h.db"
+    with hitl_core.connect(f"sqlite:///{path}") as hitl:
+        run = _approval_run(hitl)
+        gate = hitl.agent(run.id).request_tool("deploy")
+        assert gate.request_id is not None
+        for suffix in ("", "-wal", "-shm"):
+            os.remove(f"{path}{suffix}")
+        caplog.set_level(logging.INFO, logger="hitl_sqlite.watch")
+        hitl.agent(run.id).wait(gate.request_id, timeout=2.0)
+        tries = [r for r in caplog.records if r.name == "hitl_sqlite.watch"]
+        assert len(tries) == 1, [r.getMessage() for r in tries]
+        assert tries[0].levelno == logging.WARNING

@@ -52,6 +52,8 @@ class Watcher:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._delay = RETRY_FIRST  # the pause before the next try, while failing
+        self._failing = False  # the last try failed (logged once until one works)
 
     def add(self, listener: ChangeListener) -> Callable[[], None]:
         """Start telling `listener`; returns the function that stops it."""
@@ -91,38 +93,40 @@ class Watcher:
         """Watch until stopped. When the connection cannot be opened (no files left, say)
         or fails, try again after a pause (doubling up to RETRY_MAX) and meanwhile tell
         the listeners to look for themselves: waits stay bounded by the pause, never
-        sleep through a decision because nobody watches."""
+        sleep through a decision because nobody watches. A try counts as a success once
+        it has read its starting point; a failure is logged once until then."""
         assert self._connect is not None
-        delay, failing = RETRY_FIRST, False
         while not self._stopped.is_set():
             try:
                 db = self._connect()
             except Exception as error:
-                if not failing:
-                    log.warning("cannot watch %s for changes (trying again): %s", self.path, error)
-                failing = True
+                self._failed(f"cannot watch {self.path} for changes", error)
             else:
-                if failing:
-                    log.info("watching %s for changes again", self.path)
-                delay, failing = RETRY_FIRST, False
                 try:
                     self._loop(db)
                     return  # stopped
                 except sqlite3.Error as error:  # the file went, or the disk failed
                     if self._stopped.is_set():  # the store was closed under us
                         return
-                    log.warning("watching %s failed (trying again): %s", self.path, error)
-                    failing = True
+                    self._failed(f"watching {self.path} failed", error)
                 finally:
                     db.close()
             self.tell(None)  # what happened meanwhile is not told otherwise
-            if self._stopped.wait(delay):
+            if self._stopped.wait(self._delay):
                 return
-            delay = min(delay * 2, RETRY_MAX)
+            self._delay = min(self._delay * 2, RETRY_MAX)
+
+    def _failed(self, what: str, error: Exception) -> None:
+        if not self._failing:
+            log.warning("%s (trying again): %s", what, error)
+        self._failing = True
 
     def _loop(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA data_version").fetchone()[0]
         last = db.execute(_LAST).fetchone() or (0, None)
+        if self._failing:
+            log.info("watching %s for changes again", self.path)
+        self._delay, self._failing = RETRY_FIRST, False
         # What was committed before this starting point is never told: the listeners
         # that looked while this thread was starting must look again.
         self.tell(None)
