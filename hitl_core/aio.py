@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -87,7 +89,8 @@ class AsyncHitl:
     def __init__(self, engine: Hitl | Callable[[], Hitl], threads: int = THREADS) -> None:
         self._sync: Hitl | None = engine if isinstance(engine, Hitl) else None
         self._opener = None if isinstance(engine, Hitl) else engine
-        self._opening: asyncio.Lock | None = None
+        self._open_lock = threading.Lock()  # one opening, whichever thread asks first
+        self._opening: asyncio.Future[Hitl] | None = None
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hitl-aio")
         self._closed = False
         self.runs = AsyncRuns(self)
@@ -100,22 +103,32 @@ class AsyncHitl:
     def sync(self) -> Hitl:
         """The synchronous engine underneath (for code that is not async); opened here,
         in this thread, if no call opened it yet."""
-        if self._sync is None:
-            assert self._opener is not None
-            self._sync = self._opener()
-        return self._sync
+        return self._sync if self._sync is not None else self._open()
+
+    def _open(self) -> Hitl:
+        """Open the store (once; in whichever thread asks first) and keep the engine, so
+        that an opening is never lost: not when the call that began it is cancelled, nor
+        when `close` runs meanwhile (it then closes what was opened)."""
+        with self._open_lock:
+            if self._sync is None:
+                if self._closed:
+                    raise ConflictError("closed", "this hitl-core engine is closed")
+                assert self._opener is not None
+                self._sync = self._opener()
+            return self._sync
 
     async def _opened(self) -> Hitl:
-        """The synchronous engine, its store opened on the engine's threads if needed."""
-        if self._sync is None:
-            if self._opening is None:
-                self._opening = asyncio.Lock()
-            async with self._opening:
-                if self._sync is None:
-                    assert self._opener is not None
-                    loop = asyncio.get_running_loop()
-                    self._sync = await loop.run_in_executor(self._pool, self._opener)
-        return self._sync
+        """The synchronous engine, its store opened on the engine's threads if needed.
+        The calls of a loop that ask before it is open share one opening."""
+        if self._sync is not None:
+            return self._sync
+        if self._closed:
+            raise ConflictError("closed", "this hitl-core engine is closed")
+        opening = self._opening
+        if opening is None or opening.done():  # the first, or after a failed opening
+            loop = asyncio.get_running_loop()
+            opening = self._opening = loop.run_in_executor(self._pool, self._open)
+        return await asyncio.shield(opening)  # a cancelled call does not cancel it
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a synchronous engine call on the pool, so the loop goes on meanwhile."""
@@ -134,12 +147,19 @@ class AsyncHitl:
         return await self._call((await self._opened()).tick)
 
     async def close(self) -> None:
-        """Close the engine and its store; later calls raise ConflictError('closed')."""
+        """Close the engine and its store; later calls raise ConflictError('closed').
+        An opening still under way is waited for, and what it opened closed too."""
         if self._closed:
             return
-        if self._sync is not None:
-            await self._call(self._sync.close)
         self._closed = True
+        opening = self._opening
+        if opening is not None and not opening.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(opening)
+        with self._open_lock:
+            engine = self._sync
+        if engine is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, engine.close)
         self._pool.shutdown(wait=False)
 
     async def __aenter__(self) -> AsyncHitl:

@@ -257,3 +257,46 @@ def test_connect_refuses_an_unknown_scheme_at_once() -> None:
     with pytest.raises(hitl_core.ValidationError) as caught:
         hitl_core.aio.connect("nosuchstore://x")
     assert caught.value.code == "invalid_url"
+
+
+def _files_open_on(path: Path) -> int:
+    """How many of this process's descriptors are on the SQLite file or its -wal/-shm."""
+    found = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue
+        found += target.startswith(str(path))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+@pytest.mark.parametrize("how", ["first call cancelled", "closed while opening"])
+def test_a_store_opened_by_a_cancelled_or_overtaken_first_call_is_closed(
+    tmp_path: Path, how: str
+) -> None:
+    # The first call opens the store on the pool; when it was cancelled meanwhile, or
+    # close() ran meanwhile, the opened engine was dropped (or set after close) and its
+    # files stayed open for good.
+    path = tmp_path / "a.db"
+
+    async def main() -> None:
+        hitl = hitl_core.aio.connect(f"sqlite:///{path}")
+        first = asyncio.create_task(hitl.runs.list())
+        await asyncio.sleep(0)  # the opening has begun on the pool
+        if how == "first call cancelled":
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            assert (await hitl.runs.list()).data == []  # later calls use the one store
+            await hitl.close()
+        else:
+            await hitl.close()
+            with pytest.raises(hitl_core.ConflictError) as refused:
+                await first
+            assert refused.value.code == "closed"
+            with pytest.raises(hitl_core.ConflictError):
+                await hitl.runs.list()
+
+    asyncio.run(main())
+    assert _files_open_on(path) == 0
