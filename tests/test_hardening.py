@@ -159,7 +159,6 @@ def test_a_damaged_overdue_row_is_reported_not_fatal(
     hitl.close()
 
 
-
 @pytest.mark.parametrize("of_one_run", [False, True])
 def test_a_follower_does_not_spin_on_a_damaged_overdue_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, of_one_run: bool
@@ -186,6 +185,7 @@ def test_a_follower_does_not_spin_on_a_damaged_overdue_row(
     assert hitl.events.wait(after=hitl.events.last_id(), timeout=1.0, **run_id) == []
     assert len(looks) <= 3, len(looks)  # it waited, without looking again and again
     hitl.close()
+
 
 # -- lookups stay flat as data grows ------------------------------------------------------
 
