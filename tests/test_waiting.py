@@ -269,3 +269,45 @@ def test_a_watcher_that_fails_at_once_backs_off_and_says_so_once(
         tries = [r for r in caplog.records if r.name == "hitl_sqlite.watch"]
         assert len(tries) == 1, [r.getMessage() for r in tries]
         assert tries[0].levelno == logging.WARNING
+
+
+def _watch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("hitl-sqlite-watch")]
+
+
+def test_engines_on_one_file_share_one_watcher_thread(tmp_path: Path) -> None:
+    # Each store object had a watcher thread of its own, looking every 16 ms until the
+    # store closed: idle CPU grew with the engines of a process (100 engines on one
+    # file: 38 % of a core). Now a process watches a file once, for all its engines,
+    # and stops when the last of them is closed.
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    assert _watch_threads() == []
+    engines = [hitl_core.connect(url) for _ in range(5)]
+    runs = [_approval_run(hitl) for hitl in engines]
+    gates = [
+        hitl.agent(run.id).request_tool("deploy") for hitl, run in zip(engines, runs, strict=True)
+    ]
+    found: list[str] = []
+
+    def wait(i: int) -> None:
+        request_id = gates[i].request_id
+        assert request_id is not None
+        found.append(engines[i].agent(runs[i].id).wait(request_id, timeout=20).status.value)
+
+    waits = [threading.Thread(target=wait, args=(i,)) for i in range(1, 5)]
+    for thread in waits:
+        thread.start()
+    time.sleep(0.3)  # every wait has begun
+    assert len(_watch_threads()) == 1
+    started = time.monotonic()
+    for i in range(1, 5):  # engine 0 decides the requests the others wait on
+        engines[0].runs.approve(runs[i].id, request_id=gates[i].request_id, actor="bob")  # type: ignore[arg-type]
+    for thread in waits:
+        thread.join(30)
+    assert found == ["allowed"] * 4
+    assert time.monotonic() - started < 10
+    for hitl in engines[1:]:
+        hitl.close()
+    assert len(_watch_threads()) <= 1  # engine 0 still watches, if it ever waited
+    engines[0].close()
+    assert _watch_threads() == []

@@ -3,6 +3,7 @@ IMMEDIATE writers, busy retry) and the port's reads and writes; sqlite3 errors e
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import sqlite3
@@ -43,7 +44,7 @@ from ._schema import (
     read_schema,
     upgrade_schema,
 )
-from ._watch import Watcher
+from ._watch import Watcher, tell, watch
 
 __all__ = ["SqliteStore", "open_store", "parse_url"]
 
@@ -174,7 +175,9 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._writer = threading.RLock() if self._memory else threading.Lock()
         self._shared: _Session | None = None
-        self._watcher: Watcher | None = None
+        self._watcher: Watcher | None = None  # ':memory:' only: its own commits
+        self._removers: dict[int, Callable[[], None]] = {}  # this store's file listeners
+        self._remover_ids = itertools.count()
         if self._memory:
             self._shared = self._register(self._open_memory())
         else:
@@ -354,20 +357,36 @@ class SqliteStore(Store):
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Tell `listener` which runs had events committed, by any connection of any
-        process: a watcher thread reads `PRAGMA data_version` (which changes when
-        another connection commits) every 1-16 ms and then the new events' run ids."""
+        process: the process's watcher thread of the file (one for all its stores on
+        it) reads `PRAGMA data_version` (which changes when another connection commits)
+        every 1-16 ms and then the new events' run ids. Closing the store removes its
+        listeners."""
         with self._registry_lock:
             if self._closed:
                 raise StoreError("store_closed", f"the SQLite store {self.path!r} is closed")
-            if self._watcher is None or self._watcher.pid != os.getpid():  # new, or forked
-                self._watcher = Watcher(None if self._memory else self._connect, self.path)
-            return self._watcher.add(listener)
+            if self._memory:  # nothing else can write to it: only this store's commits
+                if self._watcher is None:
+                    self._watcher = Watcher(None, self.path)
+                return self._watcher.add(listener)
+            remove = watch(self.path, listener)
+            key = next(self._remover_ids)
+            self._removers[key] = remove
+
+        def removed() -> None:
+            with self._registry_lock:
+                found = self._removers.pop(key, None)
+            if found is not None:
+                found()
+
+        return removed
 
     def _committed(self, run_ids: frozenset[str]) -> None:
         """Tell this process's listeners at once about a commit of its own."""
-        watcher = self._watcher
-        if watcher is not None and watcher.pid == os.getpid():
-            watcher.tell(run_ids)
+        if self._memory:
+            if self._watcher is not None:
+                self._watcher.tell(run_ids)
+        else:
+            tell(self.path, run_ids)
 
     def close(self) -> None:
         """Close every connection this store opened (in every thread); safe twice."""
@@ -376,9 +395,10 @@ class SqliteStore(Store):
                 return
             self._closed = True
             sessions, self._sessions = self._sessions, []
-            watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.stop()
+            self._watcher = None
+            removers, self._removers = list(self._removers.values()), {}
+        for remove in removers:
+            remove()
         for session in sessions:
             with suppress(sqlite3.Error):
                 session.db.close()

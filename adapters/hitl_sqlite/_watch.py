@@ -1,7 +1,7 @@
-"""The SQLite store's change feed across processes: one thread per store that notices
-commits of other connections (`PRAGMA data_version`) and tells the listeners which runs
-had events appended. Commits of this process's own connections are told at once by the
-store itself; this thread covers everything else."""
+"""The SQLite store's change feed across processes: one thread per file and process that
+notices commits of other connections (`PRAGMA data_version`) and tells the listeners of
+every store of the process on that file which runs had events appended. Commits of this
+process's own connections are told at once by the store; the thread covers the rest."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from hitl_core.adapter import ChangeListener
 
-__all__ = ["FIRST_INTERVAL", "MAX_INTERVAL", "RETRY_FIRST", "RETRY_MAX", "Watcher"]
+__all__ = ["FIRST_INTERVAL", "MAX_INTERVAL", "RETRY_FIRST", "RETRY_MAX", "Watcher", "tell", "watch"]
 
 log = logging.getLogger("hitl_sqlite.watch")
 
@@ -27,6 +27,8 @@ RETRY_FIRST = 0.05
 RETRY_MAX = 1.0
 """The longest pause between two tries (doubling); listeners look again at each."""
 BATCH = 1000
+OPEN_TIMEOUT = 0.5
+"""The watching connection's busy timeout (it only reads)."""
 
 _LAST = "SELECT seq, id FROM events ORDER BY seq DESC LIMIT 1"
 _AT = "SELECT id FROM events WHERE seq = ?"
@@ -34,6 +36,44 @@ _SINCE = (
     "SELECT e.seq, e.id, r.id FROM events AS e JOIN runs AS r ON r.seq = e.run_seq "
     "WHERE e.seq > ? ORDER BY e.seq LIMIT ?"
 )
+
+
+_WATCHERS: dict[str, Watcher] = {}
+"""This process's watcher of each file, by absolute path."""
+_WATCHERS_LOCK = threading.Lock()
+
+
+def watch(path: str, listener: ChangeListener) -> Callable[[], None]:
+    """Tell `listener` about commits to the SQLite file at `path` (absolute), through this
+    process's one watcher of it: started by its first listener, stopped (its thread
+    joined, its connection closed) when the last one is removed. Returns the remover."""
+    with _WATCHERS_LOCK:
+        watcher = _WATCHERS.get(path)
+        if watcher is None or watcher.pid != os.getpid():  # the first, or a forked child
+            watcher = _WATCHERS[path] = Watcher(lambda: _open(path), path)
+        key = watcher.add_key(listener)
+
+    def remove() -> None:
+        with _WATCHERS_LOCK:
+            if not watcher.remove_key(key) or _WATCHERS.get(path) is not watcher:
+                return
+            del _WATCHERS[path]  # its last listener: nobody watches the file any more
+        watcher.stop()
+
+    return remove
+
+
+def tell(path: str, run_ids: frozenset[str]) -> None:
+    """Tell this process's listeners of the file at `path` about a commit of its own."""
+    watcher = _WATCHERS.get(path)
+    if watcher is not None and watcher.pid == os.getpid():
+        watcher.tell(run_ids)
+
+
+def _open(path: str) -> sqlite3.Connection:
+    return sqlite3.connect(
+        path, timeout=OPEN_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
 
 
 class Watcher:
@@ -57,6 +97,15 @@ class Watcher:
 
     def add(self, listener: ChangeListener) -> Callable[[], None]:
         """Start telling `listener`; returns the function that stops it."""
+        key = self.add_key(listener)
+
+        def remove() -> None:
+            self.remove_key(key)
+
+        return remove
+
+    def add_key(self, listener: ChangeListener) -> int:
+        """Start telling `listener` (and the thread, with the first); returns its key."""
         key = next(self._ids)
         with self._lock:
             self._listeners[key] = listener
@@ -65,12 +114,13 @@ class Watcher:
                     target=self._run, name=f"hitl-sqlite-watch {self.path}", daemon=True
                 )
                 self._thread.start()
+        return key
 
-        def remove() -> None:
-            with self._lock:
-                self._listeners.pop(key, None)
-
-        return remove
+    def remove_key(self, key: int) -> bool:
+        """Stop telling the listener of `key`; True when no listener is left."""
+        with self._lock:
+            self._listeners.pop(key, None)
+            return not self._listeners
 
     def stop(self) -> None:
         """End the thread (it closes its connection)."""
