@@ -269,6 +269,7 @@ def test_a_watcher_that_fails_at_once_backs_off_and_says_so_once(
         tries = [r for r in caplog.records if r.name == "hitl_sqlite.watch"]
         assert len(tries) == 1, [r.getMessage() for r in tries]
         assert tries[0].levelno == logging.WARNING
+        assert not path.exists()  # the watcher does not make an empty file in its place
 
 
 def _watch_threads() -> list[threading.Thread]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import pathlib
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -71,8 +72,13 @@ def tell(path: str, run_ids: frozenset[str]) -> None:
 
 
 def _open(path: str) -> sqlite3.Connection:
+    """A reading connection to the file, which must exist (a watcher never makes one)."""
     return sqlite3.connect(
-        path, timeout=OPEN_TIMEOUT, isolation_level=None, check_same_thread=False
+        f"{pathlib.Path(path).as_uri()}?mode=rw",
+        uri=True,
+        timeout=OPEN_TIMEOUT,
+        isolation_level=None,
+        check_same_thread=False,
     )
 
 
