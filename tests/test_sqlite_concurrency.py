@@ -443,3 +443,73 @@ def test_a_store_works_from_threads_that_come_and_go(tmp_path: Path) -> None:
     finally:
         hitl.close()
     assert os.path.exists(tmp_path / "h.db")
+
+
+CLOSE_WHILE_IN_USE = """
+import asyncio, sys, threading, time
+import hitl_core, hitl_core.aio
+
+url, how = sys.argv[1], sys.argv[2]
+unexpected = []
+
+
+def busy(hitl):
+    try:
+        while True:
+            run = hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
+            hitl.agent(run.id).request_tool("x")
+    except hitl_core.HitlError as error:
+        if error.code not in ("closed", "store_closed"):
+            unexpected.append(error.code)
+    except Exception as error:
+        unexpected.append(repr(error))
+
+
+async def busy_tasks():
+    async with hitl_core.aio.connect(url, threads=4) as hitl:
+        async def one():
+            try:
+                while True:
+                    await hitl.runs.get((await hitl.runs.create()).id)
+            except hitl_core.HitlError as error:
+                if error.code not in ("closed", "store_closed"):
+                    unexpected.append(error.code)
+        tasks = [asyncio.create_task(one()) for _ in range(4)]
+        await asyncio.sleep(0.1)
+    await asyncio.gather(*tasks)
+
+
+for _ in range(10):
+    if how == "threads":
+        hitl = hitl_core.connect(url)
+        workers = [threading.Thread(target=busy, args=(hitl,)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        time.sleep(0.1)
+        hitl.close()
+        for worker in workers:
+            worker.join()
+    else:
+        asyncio.run(busy_tasks())
+print("survived", unexpected)
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "how"), [("file", "threads"), (":memory:", "threads"), ("file", "asyncio")]
+)
+def test_closing_an_engine_while_other_threads_use_it(
+    tmp_path: Path, where: str, how: str
+) -> None:
+    # close() closed every thread's connection, also one another thread was running a
+    # statement on: the process died of a segmentation fault, every time. Now calls in
+    # flight finish (or fail with 409 closed), and nothing else happens.
+    store = url(tmp_path / "h.db") if where == "file" else "sqlite:///:memory:"
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSE_WHILE_IN_USE, store, how],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "survived []", done.stdout + done.stderr[-2000:]

@@ -139,12 +139,16 @@ def store_error(error: sqlite3.Error, doing: str, path: str) -> StoreError:
 
 
 class _Session:
-    """One connection, its transaction object, and whether a transaction is open on it."""
+    """One connection, its transaction object, and whether a transaction is open on it.
+    `lock` is held while a transaction uses the connection: `close` closes only the
+    connections it can lock, and a transaction ending on a closed store closes its own
+    (closing a connection another thread runs a statement on crashes the process)."""
 
-    __slots__ = ("active", "control", "db", "holds_writer", "thread", "tx")
+    __slots__ = ("active", "control", "db", "holds_writer", "lock", "thread", "tx")
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.lock = threading.Lock()
         self.control = db.cursor()  # BEGIN, COMMIT, ROLLBACK (no new cursor for each)
         self.tx = SqliteTransaction(db)
         self.active = False
@@ -400,8 +404,12 @@ class SqliteStore(Store):
         for remove in removers:
             remove()
         for session in sessions:
-            with suppress(sqlite3.Error):
-                session.db.close()
+            if session.lock.acquire(blocking=False):  # else its transaction closes it
+                try:
+                    with suppress(sqlite3.Error):
+                        session.db.close()
+                finally:
+                    session.lock.release()
         self._local = threading.local()
 
 
@@ -426,8 +434,15 @@ class _Scope(AbstractContextManager[Transaction]):
             if store._memory:
                 store._writer.release()
             raise StoreError("store_nested", "SQLite store transactions do not nest")
-        if self._write and not store._memory:
-            self._hold_writer(session)
+        session.lock.acquire()  # only close() ever competes for it, without waiting
+        try:
+            if store._closed:  # closed since the check above
+                raise StoreError("store_closed", f"the SQLite store {store.path!r} is closed")
+            if self._write and not store._memory:
+                self._hold_writer(session)
+        except BaseException:
+            self._release(session)
+            raise
         try:
             if self._write:
                 store._begin_immediate(session.control)
@@ -451,11 +466,20 @@ class _Scope(AbstractContextManager[Transaction]):
         session.holds_writer = True
 
     def _release(self, session: _Session) -> None:
-        if session.holds_writer:
-            session.holds_writer = False
-            self._store._writer.release()
-        if self._store._memory:
-            self._store._writer.release()
+        """End the transaction's hold on the connection (closing it if the store was
+        closed meanwhile) and on the writer locks."""
+        store = self._store
+        try:
+            if store._closed:  # close() left this connection to us
+                with suppress(sqlite3.Error):
+                    session.db.close()
+        finally:
+            session.lock.release()
+            if session.holds_writer:
+                session.holds_writer = False
+                store._writer.release()
+            if store._memory:
+                store._writer.release()
 
     def __exit__(
         self,
