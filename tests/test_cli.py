@@ -477,6 +477,21 @@ def test_prune_deletes_runs_that_ended_before_a_date(tmp_path: Path) -> None:
     assert hitl("prune", "--before", "30d", db=db).stdout.startswith("deleted 0 run(s)")
 
 
+@pytest.mark.parametrize("before", ["1e300", "inf", "nan", "99999999999d", "10000-01-01"])
+def test_prune_refuses_a_moment_it_cannot_name_before_deleting(tmp_path: Path, before: str) -> None:
+    # A moment past year 9999 deleted the runs, then crashed printing the date (a
+    # traceback, exit 1); an age reaching before 1970 was refused as "before must be ...
+    # >= 0; got -8639998203832618.0".
+    db = tmp_path / "h.db"
+    with hitl_core.connect(f"sqlite:///{db}") as h:
+        ended = h.runs.create()
+        h.agent(ended.id).complete()
+    refused = hitl("prune", "--before", before, db=db, check=1)
+    assert refused.stderr.startswith("error: invalid_request: --before"), refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert json.loads(hitl("runs", "list", "--json", db=db).stdout)["id"] == ended.id
+
+
 def test_a_second_approval_says_who_decided_first(tmp_path: Path) -> None:
     db = tmp_path / "h.db"
     with hitl_core.connect(f"sqlite:///{db}") as engine:

@@ -39,10 +39,17 @@ def open_store(db: str | None) -> tuple[str | hitl_core.Store, str]:
     return SqliteStore(chosen), f"sqlite:///{chosen}"
 
 
+LAST_MOMENT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+"""The last second a date can show (year 9999)."""
+
+
 def _when(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # a clock's reading no date can show
+        return f"{seconds!r} s"
 
 
 def _record(value: Any) -> Any:
@@ -384,13 +391,14 @@ def cmd_tick(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
 
 def parse_before(text: str, now: float) -> float:
     """A `--before` moment: an ISO date or date-time (UTC when it names no zone), seconds
-    since the epoch, or an age such as `30d`, `12h` or `90m` (that long before `now`)."""
+    since the epoch, or an age such as `30d`, `12h` or `90m` (that long before `now`);
+    one from 1970 to the year 9999, or 422 invalid_request."""
     value = text.strip()
     units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
     if value[-1:] in units and value[:-1].replace(".", "", 1).isdigit():
-        return now - float(value[:-1]) * units[value[-1]]
+        return _nameable(now - float(value[:-1]) * units[value[-1]], text)
     try:
-        return float(value)
+        return _nameable(float(value), text)
     except ValueError:
         pass
     try:
@@ -403,7 +411,16 @@ def parse_before(text: str, now: float) -> float:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    return _nameable(moment.timestamp(), text)
+
+
+def _nameable(seconds: float, text: str) -> float:
+    """`seconds` if it is a moment from 1970 to the year 9999 (one a date can show)."""
+    if 0.0 <= seconds < LAST_MOMENT:
+        return seconds
+    raise ValidationError(
+        "invalid_request", f"--before must be a moment from 1970 to the year 9999; got {text!r}"
+    )
 
 
 def cmd_prune(hitl: hitl_core.Hitl, args: argparse.Namespace) -> int:
