@@ -219,13 +219,19 @@ def suspend(ctx: Context, run: Run) -> Step:
 
 def fence(run: Run, lease: Lease | None, now: float) -> None:
     """Refuse an agent-side change unless the caller may act for the run: with a lease,
-    the run's newest one (409 lease_lost); without, while nobody holds one (409
+    the run's newest one, claimed and not given up, of the same worker (409 lease_lost;
+    a lapsed one nobody took over still counts); without, while nobody holds one (409
     run_leased)."""
     if lease is not None:
-        if lease.run_id != run.id or lease.token != run.lease_token:
+        if (
+            lease.run_id != run.id
+            or lease.token != run.lease_token
+            or lease.worker != run.lease_worker
+        ):
             raise ConflictError(
                 "lease_lost",
-                f"run {run.id} was claimed again since this lease was taken; stop working on it",
+                f"this is not run {run.id}'s lease any more (claimed again since, or "
+                "released); stop working on it",
             )
         return
     holder = run.lease_at(now)
@@ -267,7 +273,7 @@ def renew(ctx: Context, run: Run, lease: Lease, seconds: object) -> Step:
 def release(ctx: Context, run: Run, lease: Lease) -> Step:
     """Give the lease up; a lease that is no longer the run's newest changes nothing
     (applied=False). Releasing on an ended run changes nothing either."""
-    if run.is_terminal or lease.token != run.lease_token or run.lease_worker is None:
+    if run.is_terminal or lease.token != run.lease_token or lease.worker != run.lease_worker:
         return Step(run, applied=False)
     return Step(_hold(run, lease_worker=None, lease_expires=None))
 

@@ -331,3 +331,33 @@ def test_the_run_is_still_looked_up_first(hitl: hitl_core.Hitl) -> None:
 
 def test_store_and_transaction_are_the_public_port() -> None:
     assert issubclass(MemoryStore, Store) and issubclass(MemoryStore, Transaction)
+
+
+def test_a_lease_nobody_was_given_is_refused() -> None:
+    # fence() compared only the token: a hand-built Lease with token 0 renewed a run
+    # that was never claimed (leasing it to a worker without claim), and a lease given
+    # up with release() still acted for the run, as did one naming another worker.
+    hitl = hitl_core.connect("memory://")
+    run = approval_run(hitl)
+    forged = hitl_core.Lease(run_id=run.id, worker="evil", token=0, expires_at=0.0)
+    for act in (
+        lambda: hitl.runs.renew(forged),
+        lambda: hitl.agent(run.id, lease=forged).request_tool("t"),
+    ):
+        with pytest.raises(hitl_core.ConflictError) as refused:
+            act()
+        assert refused.value.code == "lease_lost"
+    assert hitl.runs.get(run.id).lease_worker is None
+    lease = hitl.runs.claim(run.id, worker="w")
+    renamed = hitl_core.Lease(run_id=run.id, worker="evil", token=lease.token, expires_at=0.0)
+    with pytest.raises(hitl_core.ConflictError) as refused:
+        hitl.runs.renew(renamed)
+    assert refused.value.code == "lease_lost"
+    assert hitl.runs.get(run.id).lease_worker == "w"
+    assert hitl.runs.release(renamed) is False  # nor does another worker's name release it
+    assert hitl.runs.get(run.id).lease_worker == "w"
+    assert hitl.runs.release(lease) is True
+    with pytest.raises(hitl_core.ConflictError) as refused:
+        hitl.agent(run.id, lease=lease).request_tool("t")
+    assert refused.value.code == "lease_lost"
+    assert hitl.agent(run.id).request_tool("t").status == "pending"  # nobody holds it now
