@@ -34,6 +34,7 @@ __all__ = ["Runs"]
 MAX_PENDING = 1000
 DEFAULT_LEASE = 30.0
 PRUNE_BATCH = 500
+PRUNE_BATCH_MAX = 10_000
 
 
 def _identifier(value: object) -> str | None:
@@ -283,7 +284,7 @@ class Runs:
         (seconds, the clock's time), with their requests, events and finished webhook
         deliveries, `batch` runs per transaction; return how many were deleted."""
         cutoff = check.seconds(before, "before", "invalid_request", allow_zero=True)
-        size = check.limit(batch, 10_000)
+        size = check.limit(batch, PRUNE_BATCH_MAX, "batch")
         total = 0
         while True:
             deleted = self._engine._write(lambda tx, ctx: prune_batch(tx, ctx, cutoff, size))

@@ -80,10 +80,11 @@ def shown(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def limit(value: object, maximum: int = 100) -> int:
-    """A page size from 1 to `maximum`, or 422 invalid_request."""
+def limit(value: object, maximum: int = 100, name: str = "limit") -> int:
+    """A page size (or batch size, named `name`) from 1 to `maximum`, or 422
+    invalid_request."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise ValidationError("invalid_request", f"limit must be an integer from 1 to {maximum}")
+        raise ValidationError("invalid_request", f"{name} must be an integer from 1 to {maximum}")
     return value
 
 

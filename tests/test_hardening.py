@@ -361,3 +361,12 @@ def test_a_lease_nobody_was_given_is_refused() -> None:
         hitl.agent(run.id, lease=lease).request_tool("t")
     assert refused.value.code == "lease_lost"
     assert hitl.agent(run.id).request_tool("t").status == "pending"  # nobody holds it now
+
+
+def test_a_bad_prune_batch_is_named_as_batch() -> None:
+    hitl = hitl_core.connect("memory://")
+    for batch in (0, 10_001, "5", True):
+        with pytest.raises(ValidationError) as refused:
+            hitl.runs.prune(before=0.0, batch=batch)  # type: ignore[arg-type]
+        assert refused.value.code == "invalid_request"
+        assert str(refused.value).startswith("invalid_request: batch must be"), str(refused.value)
