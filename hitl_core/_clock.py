@@ -12,7 +12,7 @@ from typing import Protocol
 
 from ._errors import ValidationError
 
-__all__ = ["Clock", "ManualClock", "SystemClock"]
+__all__ = ["Clock", "ManualClock", "SystemClock", "reading"]
 
 
 class Clock(Protocol):
@@ -21,6 +21,23 @@ class Clock(Protocol):
     def now(self) -> float:
         """The current time in seconds."""
         ...
+
+
+def reading(clock: Clock) -> float:
+    """`clock.now()`, checked: a finite number of seconds (422 invalid_config if not; a
+    NaN would make every deadline and wait meaningless)."""
+    now = clock.now()
+    if type(now) is not float:
+        if isinstance(now, bool) or not isinstance(now, int | float):
+            raise ValidationError(
+                "invalid_config", f"the clock's now() gave {now!r}, not a number of seconds"
+            )
+        now = float(now)
+    if now - now != 0.0:  # NaN or an infinity
+        raise ValidationError(
+            "invalid_config", f"the clock's now() gave {now!r}, not a finite number of seconds"
+        )
+    return now
 
 
 class SystemClock:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _logic
 from . import _validate as check
-from ._clock import Clock, SystemClock
+from ._clock import Clock, SystemClock, reading
 from ._errors import ConflictError, HitlError, NotFoundError, ValidationError
 from ._logic import Context, Step
 from ._outbox import Webhooks
@@ -114,12 +114,28 @@ def connect(
     `clock` defaults to `SystemClock()`; `remember_scope` is "user" (a remembered allow
     becomes a policy of the run's user scope) or "run"; `ids(prefix)` makes ids (random
     by default; a deterministic source is useful in simulations)."""
-    check_options(clock, remember_scope)
+    check_options(clock, remember_scope, ids)
     store = url if isinstance(url, Store) else open_store(url)
-    return Hitl(store, clock or SystemClock(), remember_scope, ids or random_id)
+    made = random_id if ids is None else checked_ids(ids)
+    return Hitl(store, clock or SystemClock(), remember_scope, made)
 
 
-def check_options(clock: object, remember_scope: object) -> None:
+def checked_ids(ids: Callable[[str], str]) -> Callable[[str], str]:
+    """A host's `ids` source, whose every id is checked: a non-empty string (422
+    invalid_config otherwise; the call stores nothing)."""
+
+    def made(prefix: str) -> str:
+        found = ids(prefix)
+        if type(found) is not str or not found:
+            raise ValidationError(
+                "invalid_config", f"ids({prefix!r}) gave {shown(found)}, not a non-empty string"
+            )
+        return found
+
+    return made
+
+
+def check_options(clock: object, remember_scope: object, ids: object = None) -> None:
     """`connect`'s keyword checks (422 invalid_config)."""
     if remember_scope not in REMEMBER_SCOPES:
         raise ValidationError(
@@ -127,6 +143,8 @@ def check_options(clock: object, remember_scope: object) -> None:
         )
     if clock is not None and not callable(getattr(clock, "now", None)):
         raise ValidationError("invalid_config", f"a clock has a now() method; got {shown(clock)}")
+    if ids is not None and not callable(ids):
+        raise ValidationError("invalid_config", f"ids is a function of a prefix; got {shown(ids)}")
 
 
 class _NeedsWrite(Exception):
@@ -212,7 +230,7 @@ class Hitl:
         for attempt in range(RETRIES):
             try:
                 with store.transaction(write=True) as tx:
-                    ctx = Context(clock.now(), ids, True)
+                    ctx = Context(reading(clock), ids, True)
                     if others:
                         self._suspend_due(tx, ctx, DUE_BATCH)
                     result = work(tx, ctx)
@@ -229,7 +247,7 @@ class Hitl:
         self._check_open()
         try:
             with self._store.transaction(write=False) as tx:
-                ctx = Context(self._clock.now(), self._ids, False)
+                ctx = Context(reading(self._clock), self._ids, False)
                 if listing and tx.due_runs(ctx.now, 1):
                     raise _NeedsWrite
                 return work(tx, ctx)

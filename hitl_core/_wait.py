@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
-from ._clock import Clock
+from ._clock import Clock, reading
 from ._store import Store
 
 __all__ = ["ANY_RUN", "POLL_FIRST", "POLL_MAX", "Look", "Waiter", "Waiters"]
@@ -239,12 +239,12 @@ class Waiters:
         or until the next time worth a look. Returns the last look's value."""
         waiter = self.add(key)
         try:
-            end = None if timeout is None else self._clock.now() + timeout
+            end = None if timeout is None else reading(self._clock) + timeout
             pause = POLL_FIRST
             while True:
                 waiter.event.clear()
                 value, over, deadline = look()
-                now = self._clock.now()
+                now = reading(self._clock)
                 if over or (end is not None and now >= end):
                     return value
                 waiter.block(self.pause(now, (end, deadline), pause))
@@ -260,12 +260,12 @@ class Waiters:
             await self._start_off_loop()
         waiter = self.add(key, asyncio.get_running_loop())
         try:
-            end = None if timeout is None else self._clock.now() + timeout
+            end = None if timeout is None else reading(self._clock) + timeout
             pause = POLL_FIRST
             while True:
                 waiter.event.clear()
                 value, over, deadline = await look()
-                now = self._clock.now()
+                now = reading(self._clock)
                 if over or (end is not None and now >= end):
                     return value
                 await waiter.block_async(self.pause(now, (end, deadline), pause))

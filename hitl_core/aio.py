@@ -71,7 +71,7 @@ def connect(
     are those of `hitl_core.connect`, and `threads` is the size of the engine's pool for
     store calls. Use it as `async with hitl_core.aio.connect(url) as hitl:`."""
     size = check.limit(threads, 64)
-    check_options(clock, remember_scope)
+    check_options(clock, remember_scope, ids)
     if not isinstance(url, Store):
         store_opener(url)  # a URL no installed store takes is refused now (422 invalid_url)
     opener = functools.partial(

@@ -370,3 +370,38 @@ def test_a_bad_prune_batch_is_named_as_batch() -> None:
             hitl.runs.prune(before=0.0, batch=batch)  # type: ignore[arg-type]
         assert refused.value.code == "invalid_request"
         assert str(refused.value).startswith("invalid_request: batch must be"), str(refused.value)
+
+
+class _Reads:
+    """A clock whose readings are given."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def now(self) -> object:
+        return self.value
+
+
+@pytest.mark.parametrize("reading", [float("nan"), float("inf"), None, "1000", True])
+def test_a_clock_reading_that_is_not_seconds_is_refused(reading: object) -> None:
+    # Readings were never checked: a NaN clock stored created_at=nan and a wait on it
+    # never returned; None gave a bare AssertionError or TypeError; a string was stored.
+    hitl = hitl_core.connect("memory://", clock=_Reads(reading))  # type: ignore[arg-type]
+    with pytest.raises(ValidationError) as refused:
+        hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
+    assert refused.value.code == "invalid_config"
+    with pytest.raises(ValidationError):
+        hitl.runs.list()
+    hitl.close()
+
+
+def test_an_ids_source_is_checked() -> None:
+    with pytest.raises(ValidationError) as refused:
+        hitl_core.connect("memory://", ids=5)  # type: ignore[arg-type]
+    assert refused.value.code == "invalid_config"
+    for made in (5, "", None):
+        hitl = hitl_core.connect("memory://", ids=lambda prefix, made=made: made)  # type: ignore[misc]
+        with pytest.raises(ValidationError) as refused:
+            hitl.runs.create()
+        assert refused.value.code == "invalid_config"
+        assert hitl.runs.list().data == []  # nothing was stored
