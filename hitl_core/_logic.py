@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -217,6 +219,13 @@ def suspend(ctx: Context, run: Run) -> Step:
 # -- leases -----------------------------------------------------------------------------
 
 
+def later(now: float, seconds: float) -> float:
+    """The clock reading `seconds` after `now`; the largest float when that overflows (a
+    time that never comes, which every store can keep, where infinity is not)."""
+    moment = now + seconds
+    return moment if moment != math.inf else sys.float_info.max
+
+
 def fence(run: Run, lease: Lease | None, now: float) -> None:
     """Refuse an agent-side change unless the caller may act for the run: with a lease,
     the run's newest one, claimed and not given up, of the same worker (409 lease_lost;
@@ -256,7 +265,7 @@ def claim(ctx: Context, run: Run, worker: object, seconds: object) -> Step:
     changes = {
         "lease_worker": worker,
         "lease_token": run.lease_token + 1,
-        "lease_expires": ctx.now + seconds,
+        "lease_expires": later(ctx.now, seconds),
     }
     return Step(_hold(run, **changes))
 
@@ -267,7 +276,7 @@ def renew(ctx: Context, run: Run, lease: Lease, seconds: object) -> Step:
     _rules.fire(run.status, "hold")
     fence(run, lease, ctx.now)
     seconds = check.seconds(seconds, "seconds", "invalid_request")
-    return Step(_hold(run, lease_worker=lease.worker, lease_expires=ctx.now + seconds))
+    return Step(_hold(run, lease_worker=lease.worker, lease_expires=later(ctx.now, seconds)))
 
 
 def release(ctx: Context, run: Run, lease: Lease) -> Step:
@@ -339,7 +348,7 @@ def open_request(
         status=RequestStatus.PENDING,
         created_at=ctx.now,
     )
-    deadline = None if run.suspended else ctx.now + run.input_timeout
+    deadline = None if run.suspended else later(ctx.now, run.input_timeout)
     if run.deadline is not None:
         deadline = min(run.deadline, deadline) if deadline is not None else run.deadline
     if kind == "plan":

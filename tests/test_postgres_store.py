@@ -607,3 +607,20 @@ def test_the_hitl_command_works_on_a_postgresql_url(pg_url: str) -> None:
             [str(hitl_command), "runs", "list", "--json"], capture_output=True, text=True, env=env
         )
         assert listed.returncode == 0 and run.id in listed.stdout, listed.stderr
+
+
+def test_a_lease_or_deadline_past_the_largest_float_is_kept(pg_url: str) -> None:
+    # now + seconds overflowed to infinity, which the PostgreSQL store's JSON parameters
+    # cannot carry: an untyped ValueError escaped (memory and SQLite kept inf). It is
+    # kept as the largest float now, a time that never comes, on every store.
+    clock = hitl_core.ManualClock(start=1e308)
+    with hitl_core.connect(pg_url, clock=clock) as hitl:
+        run = hitl.runs.create(human_in_the_loop=True, permission_mode="approval")
+        lease = hitl.runs.claim(run.id, worker="w", seconds=1e308)
+        assert lease.expires_at == sys.float_info.max
+        assert hitl.runs.renew(lease, seconds=1e308).expires_at == sys.float_info.max
+        forever = hitl.runs.create(
+            human_in_the_loop=True, permission_mode="approval", input_timeout=1e308
+        )
+        hitl.agent(forever.id).request_tool("t")
+        assert hitl.runs.get(forever.id).deadline == sys.float_info.max
