@@ -32,7 +32,10 @@ def reading(clock: Clock) -> float:
             raise ValidationError(
                 "invalid_config", f"the clock's now() gave {now!r}, not a number of seconds"
             )
-        now = float(now)
+        try:
+            now = float(now)
+        except OverflowError:  # an int beyond any float
+            now = math.inf
     if now - now != 0.0:  # NaN or an infinity
         raise ValidationError(
             "invalid_config", f"the clock's now() gave {now!r}, not a finite number of seconds"

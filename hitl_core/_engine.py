@@ -126,7 +126,7 @@ def checked_ids(ids: Callable[[str], str]) -> Callable[[str], str]:
 
     def made(prefix: str) -> str:
         found = ids(prefix)
-        if type(found) is not str or not found:
+        if not isinstance(found, str) or not found:
             raise ValidationError(
                 "invalid_config", f"ids({prefix!r}) gave {shown(found)}, not a non-empty string"
             )

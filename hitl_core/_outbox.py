@@ -16,7 +16,7 @@ import attrs
 
 from . import _validate as check
 from ._errors import NotFoundError, ValidationError
-from ._logic import Context
+from ._logic import Context, later
 from ._records import Event, Page, WebhookDelivery, WebhookEndpoint, evolve
 from ._store import Transaction
 from ._validate import shown
@@ -361,7 +361,7 @@ class Webhooks:
                 leased = evolve(
                     delivery,
                     attempts=delivery.attempts + 1,
-                    next_retry_at=ctx.now + lease,
+                    next_retry_at=later(ctx.now, lease),
                     updated_at=ctx.now,
                 )
                 tx.save_deliveries([leased])
@@ -429,7 +429,7 @@ class Webhooks:
                 outcome.update(status="failed", next_retry_at=None)
             else:
                 wait = waits[min(delivery.attempts, len(waits)) - 1] if waits else 0.0
-                outcome.update(next_retry_at=ctx.now + wait)
+                outcome.update(next_retry_at=later(ctx.now, wait))
             recorded = evolve(delivery, **outcome)
             if recorded.status == "pending":
                 tx.save_deliveries([recorded])

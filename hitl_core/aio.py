@@ -91,6 +91,7 @@ class AsyncHitl:
         self._opener = None if isinstance(engine, Hitl) else engine
         self._open_lock = threading.Lock()  # one opening, whichever thread asks first
         self._opening: asyncio.Future[Hitl] | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hitl-aio")
         self._closed = False
         self.runs = AsyncRuns(self)
@@ -148,10 +149,15 @@ class AsyncHitl:
 
     async def close(self) -> None:
         """Close the engine and its store; later calls raise ConflictError('closed').
-        An opening still under way is waited for, and what it opened closed too."""
-        if self._closed:
-            return
-        self._closed = True
+        An opening still under way is waited for, and what it opened closed too. The
+        closing goes on if this call is cancelled; a later call waits for it."""
+        if self._closing is None:
+            self._closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        if not self._closing.done():  # done: closed (perhaps in another loop)
+            await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         opening = self._opening
         if opening is not None and not opening.done():
             with contextlib.suppress(Exception):

@@ -300,3 +300,26 @@ def test_a_store_opened_by_a_cancelled_or_overtaken_first_call_is_closed(
 
     asyncio.run(main())
     assert _files_open_on(path) == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_a_close_cancelled_during_the_opening_still_closes_the_store(tmp_path: Path) -> None:
+    # close() marked the engine closed, then waited for the opening: cancelled there (a
+    # shutdown's own timeout), it never closed what the opening made, and every later
+    # close() returned at once.
+    path = tmp_path / "a.db"
+
+    async def main() -> None:
+        hitl = hitl_core.aio.connect(f"sqlite:///{path}")
+        opener = hitl._opener
+        assert opener is not None
+        hitl._opener = lambda: (time.sleep(0.3), opener())[1]  # a slow opening
+        first = asyncio.create_task(hitl.runs.list())
+        await asyncio.sleep(0.01)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(hitl.close(), 0.05)
+        await asyncio.gather(first, return_exceptions=True)
+        await hitl.close()
+
+    asyncio.run(main())
+    assert _files_open_on(path) == 0

@@ -475,6 +475,8 @@ def test_prune_deletes_runs_that_ended_before_a_date(tmp_path: Path) -> None:
     refused = hitl("prune", "--before", "yesterday-ish", db=db, check=1)
     assert "invalid_request" in refused.stderr and "--before" in refused.stderr
     assert hitl("prune", "--before", "30d", db=db).stdout.startswith("deleted 0 run(s)")
+    last = hitl("prune", "--before", "9999-12-31T23:59:59", db=db).stdout
+    assert last.startswith("deleted 0 run(s) that ended before 9999-12-31 23:59:59 UTC"), last
 
 
 @pytest.mark.parametrize("before", ["1e300", "inf", "nan", "99999999999d", "10000-01-01"])

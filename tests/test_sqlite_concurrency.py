@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -498,9 +499,7 @@ print("survived", unexpected)
 @pytest.mark.parametrize(
     ("where", "how"), [("file", "threads"), (":memory:", "threads"), ("file", "asyncio")]
 )
-def test_closing_an_engine_while_other_threads_use_it(
-    tmp_path: Path, where: str, how: str
-) -> None:
+def test_closing_an_engine_while_other_threads_use_it(tmp_path: Path, where: str, how: str) -> None:
     # close() closed every thread's connection, also one another thread was running a
     # statement on: the process died of a segmentation fault, every time. Now calls in
     # flight finish (or fail with 409 closed), and nothing else happens.
@@ -513,3 +512,42 @@ def test_closing_an_engine_while_other_threads_use_it(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "survived []", done.stdout + done.stderr[-2000:]
+
+
+def test_a_write_queued_behind_another_when_the_store_closes_does_not_happen(
+    tmp_path: Path,
+) -> None:
+    # A write waiting for the process's writer lock when close() ran went on to commit
+    # after close() had returned (and its connection stayed open until then).
+    from hitl_sqlite import SqliteStore
+
+    path = tmp_path / "h.db"
+    store = SqliteStore(str(path))
+    hitl = hitl_core.connect(store)
+    inside, go = threading.Event(), threading.Event()
+    result: list[str] = []
+
+    def holder() -> None:
+        with store.transaction(write=True):
+            inside.set()
+            go.wait(30)
+
+    def creator() -> None:
+        try:
+            result.append(hitl.runs.create().id)
+        except HitlError as error:
+            result.append(error.code)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    assert inside.wait(30)
+    queued = threading.Thread(target=creator)
+    queued.start()
+    time.sleep(0.3)  # it waits for the writer lock
+    hitl.close()
+    go.set()
+    first.join(30)
+    queued.join(30)
+    assert result == ["store_closed"]
+    count = sqlite3.connect(path).execute("SELECT count(*) FROM runs").fetchone()[0]
+    assert count == 0

@@ -312,3 +312,44 @@ def test_engines_on_one_file_share_one_watcher_thread(tmp_path: Path) -> None:
     assert len(_watch_threads()) <= 1  # engine 0 still watches, if it ever waited
     engines[0].close()
     assert _watch_threads() == []
+
+
+def test_a_watcher_thread_that_could_not_start_is_started_by_the_next_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Starting the shared watcher's thread can fail ("can't start new thread" when a
+    # process is at its limit). The failed watcher stayed registered with a listener
+    # nobody could remove, so no wait of the process was ever woken by another
+    # process's decision again, on any engine.
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    real_start = threading.Thread.start
+    failures: list[str] = []
+
+    def failing_once(self: threading.Thread) -> None:
+        if self.name.startswith("hitl-sqlite-watch") and not failures:
+            failures.append(self.name)
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", failing_once)
+    with hitl_core.connect(url) as first:
+        run = _approval_run(first)
+        gate = first.agent(run.id).request_tool("x")
+        assert gate.request_id is not None
+        with pytest.raises(RuntimeError):
+            first.agent(run.id).wait(gate.request_id, timeout=0.1)
+    assert failures
+    with hitl_core.connect(url) as second:
+        agent = second.agent(run.id)
+        gate = agent.request_tool("y")
+        assert gate.request_id is not None
+        rid = gate.request_id
+        approve = (
+            "import sys, hitl_core\n"
+            "hitl_core.connect(sys.argv[1]).runs.approve(sys.argv[2], request_id=sys.argv[3])"
+        )
+        decider = subprocess.Popen([sys.executable, "-c", approve, url, run.id, rid])
+        started = time.monotonic()
+        assert agent.wait(rid, timeout=20).status == "allowed"
+        assert time.monotonic() - started < 10, "the wait slept through the decision"
+        decider.wait(30)

@@ -416,7 +416,7 @@ def parse_before(text: str, now: float) -> float:
 
 def _nameable(seconds: float, text: str) -> float:
     """`seconds` if it is a moment from 1970 to the year 9999 (one a date can show)."""
-    if 0.0 <= seconds < LAST_MOMENT:
+    if 0.0 <= seconds <= LAST_MOMENT:
         return seconds
     raise ValidationError(
         "invalid_request", f"--before must be a moment from 1970 to the year 9999; got {text!r}"

@@ -453,6 +453,10 @@ class _Scope(AbstractContextManager[Transaction]):
             if isinstance(error, sqlite3.Error):
                 raise store_error(error, "starting a transaction", store.path) from error
             raise
+        if store._closed:  # closed while this one waited for the writer lock or the file
+            _quiet(session.control, "ROLLBACK")
+            self._release(session)
+            raise StoreError("store_closed", f"the SQLite store {store.path!r} is closed")
         session.active = True
         session.tx.begin()
         self._session = session

@@ -51,8 +51,9 @@ def watch(path: str, listener: ChangeListener) -> Callable[[], None]:
     with _WATCHERS_LOCK:
         watcher = _WATCHERS.get(path)
         if watcher is None or watcher.pid != os.getpid():  # the first, or a forked child
-            watcher = _WATCHERS[path] = Watcher(lambda: _open(path), path)
-        key = watcher.add_key(listener)
+            watcher = Watcher(lambda: _open(path), path)
+        key = watcher.add_key(listener)  # raises if its thread cannot start: not kept
+        _WATCHERS[path] = watcher
 
     def remove() -> None:
         with _WATCHERS_LOCK:
@@ -114,12 +115,13 @@ class Watcher:
         """Start telling `listener` (and the thread, with the first); returns its key."""
         key = next(self._ids)
         with self._lock:
-            self._listeners[key] = listener
             if self._thread is None and self._connect is not None:
-                self._thread = threading.Thread(
+                thread = threading.Thread(
                     target=self._run, name=f"hitl-sqlite-watch {self.path}", daemon=True
                 )
-                self._thread.start()
+                thread.start()  # may fail (no threads left): then nothing was added
+                self._thread = thread
+            self._listeners[key] = listener
         return key
 
     def remove_key(self, key: int) -> bool:
@@ -161,7 +163,7 @@ class Watcher:
                 try:
                     self._loop(db)
                     return  # stopped
-                except sqlite3.Error as error:  # the file went, or the disk failed
+                except Exception as error:  # the file went, the disk failed, a bug
                     if self._stopped.is_set():  # the store was closed under us
                         return
                     self._failed(f"watching {self.path} failed", error)
