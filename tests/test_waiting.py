@@ -353,3 +353,55 @@ def test_a_watcher_thread_that_could_not_start_is_started_by_the_next_wait(
         assert agent.wait(rid, timeout=20).status == "allowed"
         assert time.monotonic() - started < 10, "the wait slept through the decision"
         decider.wait(30)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_a_thread_starts_a_watcher_can_wait(tmp_path: Path) -> None:
+    # The process's registry of SQLite watchers is guarded by one lock, held while a
+    # watcher thread starts; a child forked at that moment inherited it held, and its
+    # first wait (and its close) hung for ever. A child now starts with a registry of
+    # its own.
+    from hitl_sqlite import _watch
+
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    hitl = hitl_core.connect(url)
+    run = _approval_run(hitl)
+    gate = hitl.agent(run.id).request_tool("deploy")
+    assert gate.request_id is not None
+    hitl.agent(run.id).wait(gate.request_id, timeout=0.01)  # the parent watches the file
+    read, write = os.pipe()
+    held, done_forking = threading.Event(), threading.Event()
+
+    def starting_a_watcher() -> None:  # holds the registry's lock as watch() does
+        with _watch._WATCHERS_LOCK:
+            held.set()
+            done_forking.wait(10)
+
+    other = threading.Thread(target=starting_a_watcher)
+    other.start()
+    assert held.wait(10)
+    child = os.fork()
+    if child != 0:
+        done_forking.set()
+        other.join(10)
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            with hitl_core.connect(url) as mine:
+                found = mine.agent(run.id).wait(gate.request_id, timeout=0.2)
+            hitl.close()
+            os.write(write, found.status.value.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        pytest.fail("the forked child hung")
+    assert os.read(read, 100) == b"pending"
+    hitl.close()

@@ -44,6 +44,18 @@ _WATCHERS: dict[str, Watcher] = {}
 _WATCHERS_LOCK = threading.Lock()
 
 
+def _forget_after_fork() -> None:
+    """A forked child starts with no watchers and a lock of its own: the parent's
+    threads do not run in it, and one of them may have held the lock at the fork."""
+    global _WATCHERS_LOCK
+    _WATCHERS_LOCK = threading.Lock()
+    _WATCHERS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def watch(path: str, listener: ChangeListener) -> Callable[[], None]:
     """Tell `listener` about commits to the SQLite file at `path` (absolute), through this
     process's one watcher of it: started by its first listener, stopped (its thread
@@ -56,6 +68,8 @@ def watch(path: str, listener: ChangeListener) -> Callable[[], None]:
         _WATCHERS[path] = watcher
 
     def remove() -> None:
+        if watcher.pid != os.getpid():  # the parent's, in a forked child: not running here
+            return
         with _WATCHERS_LOCK:
             if not watcher.remove_key(key) or _WATCHERS.get(path) is not watcher:
                 return
