@@ -232,7 +232,7 @@ class Worker:
         for _ in range(WALK_PAGES):
             try:
                 page = self.hitl.runs.list(status="running", limit=100, starting_after=self._walk)
-            except (NotFoundError, ValidationError):  # the run it stopped at was pruned
+            except ValidationError:  # invalid_cursor: the run it stopped at was pruned
                 self._walk = None
                 continue
             for run in page.data:

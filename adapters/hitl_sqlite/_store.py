@@ -190,6 +190,9 @@ class SqliteStore(Store):
     def __repr__(self) -> str:
         return f"<SqliteStore {self.path!r} synchronous={self.synchronous}>"
 
+    def _closed_error(self) -> StoreError:
+        return StoreError("store_closed", f"the SQLite store {self.path!r} is closed")
+
     # -- opening -----------------------------------------------------------------------
     def _open_memory(self) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -304,7 +307,7 @@ class SqliteStore(Store):
         with self._registry_lock:
             if self._closed:
                 db.close()
-                raise StoreError("store_closed", f"the SQLite store {self.path!r} is closed")
+                raise self._closed_error()
             alive = []
             for old in self._sessions:
                 if old.thread.is_alive():
@@ -330,7 +333,7 @@ class SqliteStore(Store):
         except AttributeError:
             pass
         if self._closed:
-            raise StoreError("store_closed", f"the SQLite store {self.path!r} is closed")
+            raise self._closed_error()
         session = self._register(self._connect())
         self._local.session = session
         return session
@@ -367,7 +370,7 @@ class SqliteStore(Store):
         listeners."""
         with self._registry_lock:
             if self._closed:
-                raise StoreError("store_closed", f"the SQLite store {self.path!r} is closed")
+                raise self._closed_error()
             if self._memory:  # nothing else can write to it: only this store's commits
                 if self._watcher is None:
                     self._watcher = Watcher(None, self.path)
@@ -426,7 +429,7 @@ class _Scope(AbstractContextManager[Transaction]):
     def __enter__(self) -> Transaction:
         store = self._store
         if store._closed:
-            raise StoreError("store_closed", f"the SQLite store {store.path!r} is closed")
+            raise store._closed_error()
         session = store._session()
         if store._memory:  # one shared session: wait for it (the lock is re-entrant)
             store._writer.acquire()
@@ -437,7 +440,7 @@ class _Scope(AbstractContextManager[Transaction]):
         session.lock.acquire()  # only close() ever competes for it, without waiting
         try:
             if store._closed:  # closed since the check above
-                raise StoreError("store_closed", f"the SQLite store {store.path!r} is closed")
+                raise store._closed_error()
             if self._write and not store._memory:
                 self._hold_writer(session)
         except BaseException:
@@ -456,7 +459,7 @@ class _Scope(AbstractContextManager[Transaction]):
         if store._closed:  # closed while this one waited for the writer lock or the file
             _quiet(session.control, "ROLLBACK")
             self._release(session)
-            raise StoreError("store_closed", f"the SQLite store {store.path!r} is closed")
+            raise store._closed_error()
         session.active = True
         session.tx.begin()
         self._session = session
